@@ -1,0 +1,35 @@
+# `make demo` and `make test` are the two commands: each creates .venv and installs first.
+PY      := .venv/bin/python
+STAMP   := .venv/.installed
+export VAE_EXPORT_DATA ?= $(abspath ../shared/data)
+
+.PHONY: install install-gpu demo test artifacts bench clean
+
+install: $(STAMP)
+
+# Re-installs only when pyproject.toml changes (a second `make install` does nothing).
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# Swap the CPU onnxruntime for onnxruntime-gpu (same module name: never both at once).
+install-gpu: $(STAMP)
+	$(PY) -m pip uninstall --quiet -y onnxruntime
+	$(PY) -m pip install --quiet --force-reinstall onnxruntime-gpu
+
+demo: $(STAMP)
+	bash scripts/demo.sh
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+artifacts: $(STAMP)
+	bash scripts/make_artifacts.sh
+
+bench: $(STAMP)
+	$(PY) benchmarks/train_speed.py
+
+clean:
+	rm -rf .venv build *.egg-info runs

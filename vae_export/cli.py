@@ -1,0 +1,158 @@
+"""The `vae-export` command line. It only parses, validates and calls library functions.
+
+Exit codes: 0 ok; 1 a runtime or data failure (one line on stderr); 2 a usage error; 130 on Ctrl-C.
+Data goes to stdout; progress and diagnostics go to stderr.
+
+    vae-export train --preset mlp --epochs 10 --out runs/mlp
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Callable, Optional
+
+import typer
+from rich.console import Console
+
+from .config import PRESETS
+from .errors import VaeExportError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
+
+Preset = Enum("Preset", {name.replace("-", "_"): name for name in PRESETS}, type=str)
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Dataset(str, Enum):
+    mnist = "mnist"
+    fashion_mnist = "fashion-mnist"
+
+
+class Likelihood(str, Enum):
+    bernoulli = "bernoulli"
+    gaussian = "gaussian"
+
+
+def command(fn: Callable) -> Callable:
+    """Register `fn` as a command whose library errors become one line and an exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except VaeExportError as e:
+            err.print(f"[red]error:[/] {e}", markup=True, highlight=False)
+            raise typer.Exit(e.exit_code) from None
+        except OSError as e:  # a full disk, a permission, a read-only folder: the user's to fix
+            err.print(f"[red]error:[/] {e.strerror or e}: {e.filename or ''}".rstrip(": "), markup=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err.print("interrupted", markup=False)
+            raise typer.Exit(130) from None
+
+    return app.command()(wrapper)
+
+
+@app.callback()
+def _app() -> None:
+    """Train a VAE, export encoder and decoder to TorchScript/ONNX with proven parity, sample fast."""
+
+
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final result.")]
+
+
+@command
+def train(
+    preset: Annotated[Preset, typer.Option(help="Architecture preset.")] = Preset.mlp,
+    epochs: Annotated[int, typer.Option(min=1, help="Total epochs to reach (also with --resume).")] = 10,
+    batch_size: Annotated[int, typer.Option(min=1)] = 128,
+    lr: Annotated[float, typer.Option(help="Adam learning rate (> 0).")] = 1e-3,
+    latent_dim: Annotated[Optional[int], typer.Option(min=1, help="Override the preset's latent size.")] = None,
+    beta: Annotated[Optional[float], typer.Option(min=0.0, help="KL weight (1 = the ELBO).")] = None,
+    likelihood: Annotated[Optional[Likelihood], typer.Option(help="Override the preset's likelihood.")] = None,
+    dataset: Annotated[Dataset, typer.Option()] = Dataset.mnist,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Dataset root [default: $VAE_EXPORT_DATA or ~/.cache/vae-export/data].")] = None,
+    device: Annotated[Device, typer.Option(help="auto picks CUDA when torch sees a GPU.")] = Device.auto,
+    seed: Annotated[int, typer.Option()] = 1,
+    patience: Annotated[Optional[int], typer.Option(min=1, help="Stop after N epochs without a better test loss.")] = None,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Use only the first N images of each split.")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Run folder [default: runs/PRESET].")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its checkpoint.")] = False,
+    quiet: Quiet = False,
+):
+    """Train a VAE; writes checkpoint.pt, metrics.jsonl and figures into --out after every epoch."""
+    from training.train import TrainSettings, train as run_training  # torch loads only for commands that need it
+
+    from .config import make_config
+
+    config = make_config(preset.value, latent_dim=latent_dim, beta=beta,
+                         likelihood=likelihood.value if likelihood else None)
+    settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, dataset=dataset.value,
+                             patience=patience, limit=limit)
+    out_dir = out_dir or Path("runs") / preset.value
+    progress = _TrainProgress(epochs, quiet)
+    with progress:
+        metrics = run_training(config, settings, out_dir, data_dir=data_dir, device=device.value, resume=resume,
+                               on_batch=progress.batch, on_epoch=progress.epoch)
+    if not metrics:
+        raise VaeExportError(f"no epoch was trained in {out_dir}")
+    last = metrics[-1]
+    out.print(f"{out_dir / 'checkpoint.pt'}: epoch {last['epoch']}, test loss {last['test_loss']:.2f} nats/image "
+              f"(recon {last['test_recon']:.2f}, KL {last['test_kl']:.2f}), {sum(m['seconds'] for m in metrics):.1f} s training")
+    if not quiet:
+        err.print(f"next: vae-export onnx {out_dir / 'checkpoint.pt'} --out {out_dir / 'export'}")
+
+
+class _TrainProgress:
+    """A rich progress bar on stderr (epoch, batch, loss, samples/s) and one line per epoch."""
+
+    def __init__(self, epochs: int, quiet: bool):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.epochs, self.quiet, self.task, self.t0 = epochs, quiet, None, 0.0
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("loss {task.fields[loss]:.2f}  {task.fields[rate]:,.0f} img/s"),
+                            TimeRemainingColumn(), console=err, disable=quiet, transient=True)
+
+    def __enter__(self):
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.bar.__exit__(*exc)
+
+    def batch(self, p) -> None:  # p: training.train.BatchProgress
+        if self.task is None:
+            self.t0 = time.perf_counter()
+            self.task = self.bar.add_task("", total=p.batches, loss=p.loss, rate=0.0)
+        rate = p.images / max(time.perf_counter() - self.t0, 1e-9)
+        self.bar.update(self.task, completed=p.batch, loss=p.loss, rate=rate,
+                        description=f"epoch {p.epoch}/{self.epochs}")
+
+    def epoch(self, m: dict) -> None:
+        if self.task is not None:
+            self.bar.remove_task(self.task)
+            self.task = None
+        if not self.quiet:
+            err.print(f"epoch {m['epoch']:>3}/{self.epochs}  train {m['train_loss']:8.2f}  test {m['test_loss']:8.2f} "
+                      f"(recon {m['test_recon']:.2f}, KL {m['test_kl']:.2f})  {m['seconds']:.1f} s  "
+                      f"{m['train_samples_per_s']:,.0f} img/s")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""Typed errors. The library raises these; the CLI maps each to one line on stderr and an exit code.
+
+Torch-free on purpose: `vae_export.runtime` imports it.
+"""
+
+
+class VaeExportError(Exception):
+    """A failure the user can act on (bad input, missing data, failed check). Exit code 1."""
+
+    exit_code = 1
+
+
+class UsageError(VaeExportError):
+    """The command was called wrongly (a bad option value, an unknown preset). Exit code 2."""
+
+    exit_code = 2
+
+
+class DataNotFound(VaeExportError):
+    """The dataset is not where we looked and cannot be downloaded."""
+
+
+class CheckpointError(VaeExportError):
+    """A checkpoint is missing, corrupt, or not one of ours."""
+
+
+class ArtifactError(VaeExportError):
+    """An exported file is missing, malformed, or not the model we expect."""
+
+
+class ParityError(VaeExportError):
+    """An export does not compute what the eager model computes, within the stated tolerances."""
+
+
+class ProviderUnavailable(VaeExportError):
+    """An onnxruntime execution provider was asked for but cannot run here."""
+
+
+class TrainingDiverged(VaeExportError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""

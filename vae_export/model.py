@@ -1,0 +1,114 @@
+"""The VAE family: an Encoder (image -> mu, logvar) and a Decoder (latent -> image in [0, 1]),
+separate modules so each exports alone, composed by `VAE` with the reparameterization trick.
+
+    from vae_export.config import make_config
+    vae = VAE(make_config("mlp"))
+    logits, mu, logvar = vae(x)          # x: (B, 1, 28, 28) in [0, 1]
+    recon, kl = elbo_terms(logits, x, mu, logvar, "bernoulli")
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import VAEConfig
+
+
+def _mlp(widths: list[int]) -> nn.Sequential:
+    """Linear layers of the given widths with ReLU between them (none after the last)."""
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(widths, widths[1:])):
+        layers.append(nn.Linear(n_in, n_out))
+        if i < len(widths) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class Encoder(nn.Module):
+    """Image (B, C, H, W) -> (mu, logvar), each (B, latent_dim). Deterministic: no sampling inside."""
+
+    def __init__(self, config: VAEConfig):
+        super().__init__()
+        self.config = config
+        c, h, w = config.image_shape
+        if config.arch == "mlp":
+            self.body = nn.Sequential(nn.Flatten(), _mlp([config.pixels, *config.hidden]), nn.ReLU())
+        else:
+            c1, c2, c3 = config.channels
+            self.body = nn.Sequential(
+                nn.Conv2d(c, c1, 3, padding=1), nn.ReLU(),                # (B, c1, H, W)
+                nn.Conv2d(c1, c2, 3, stride=2, padding=1), nn.ReLU(),     # (B, c2, H/2, W/2)
+                nn.Conv2d(c2, c3, 3, padding=1), nn.ReLU(),
+                nn.Flatten(),                                             # (B, c3 * H/2 * W/2)
+                nn.Linear(c3 * (h // 2) * (w // 2), config.hidden[0]), nn.ReLU(),
+            )
+        self.mu = nn.Linear(config.hidden[-1], config.latent_dim)
+        self.logvar = nn.Linear(config.hidden[-1], config.latent_dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.body(x)
+        return self.mu(h), self.logvar(h)
+
+
+class Decoder(nn.Module):
+    """Latent (B, latent_dim) -> image (B, C, H, W) in [0, 1]. `logits` is the pre-sigmoid output,
+    which training uses for a numerically stable BCE."""
+
+    def __init__(self, config: VAEConfig):
+        super().__init__()
+        self.config = config
+        c, h, w = config.image_shape
+        if config.arch == "mlp":
+            self.body = _mlp([config.latent_dim, *reversed(config.hidden), config.pixels])
+        else:
+            c3 = config.channels[-1]
+            self.body = nn.Sequential(
+                nn.Linear(config.latent_dim, c3 * (h // 2) * (w // 2)), nn.ReLU(),
+                nn.Unflatten(1, (c3, h // 2, w // 2)),                                 # (B, c3, H/2, W/2)
+                nn.ConvTranspose2d(c3, c3, 3, stride=2, padding=1, output_padding=1), nn.ReLU(),  # (B, c3, H, W)
+                nn.Conv2d(c3, c, 3, padding=1),                                        # (B, C, H, W)
+            )
+
+    def logits(self, z: torch.Tensor) -> torch.Tensor:
+        return self.body(z).view(-1, *self.config.image_shape)  # (B, C*H*W) -> (B, C, H, W) for MLPs
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logits(z))
+
+
+class VAE(nn.Module):
+    def __init__(self, config: VAEConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+
+    @staticmethod
+    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """z = mu + sigma * eps, eps ~ N(0, I): a sample that gradients flow through."""
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        return mu + eps * torch.exp(0.5 * logvar)
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None):
+        """Returns decoder logits (B, C, H, W), mu and logvar (B, latent_dim)."""
+        mu, logvar = self.encoder(x)
+        z = self.reparameterize(mu, logvar, generator)
+        return self.decoder.logits(z), mu, logvar
+
+
+def elbo_terms(logits: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
+               likelihood: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reconstruction and KL terms, each summed over the batch (divide by B for nats per image).
+
+    bernoulli: binary cross-entropy of sigmoid(logits) against x, summed over pixels (pytorch/examples).
+    gaussian:  squared error of sigmoid(logits) against x, summed over pixels (the MSE tutorials).
+    KL(q(z|x) || N(0, I)) = -0.5 * sum(1 + logvar - mu^2 - exp(logvar))  (Kingma & Welling, App. B).
+    """
+    if likelihood == "bernoulli":
+        recon = F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
+    else:
+        recon = F.mse_loss(torch.sigmoid(logits), x, reduction="sum")
+    kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+    return recon, kl
