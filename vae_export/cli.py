@@ -23,7 +23,7 @@ from .errors import VaeExportError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 Preset = Enum("Preset", {name.replace("-", "_"): name for name in PRESETS}, type=str)
 
@@ -148,6 +148,128 @@ class _TrainProgress:
             err.print(f"epoch {m['epoch']:>3}/{self.epochs}  train {m['train_loss']:8.2f}  test {m['test_loss']:8.2f} "
                       f"(recon {m['test_recon']:.2f}, KL {m['test_kl']:.2f})  {m['seconds']:.1f} s  "
                       f"{m['train_samples_per_s']:,.0f} img/s")
+
+
+class Provider(str, Enum):
+    cpu = "cpu"
+    cuda = "cuda"
+    auto = "auto"
+
+
+class ParityProvider(str, Enum):
+    cpu = "cpu"
+    cuda = "cuda"
+    all = "all"
+
+
+Checkpoint = Annotated[Path, typer.Argument(help="A checkpoint.pt written by `vae-export train`.")]
+ExportDir = Annotated[Path, typer.Option("--out", help="Folder for the exported files.")]
+
+
+@command
+def onnx(
+    checkpoint: Checkpoint,
+    out_dir: ExportDir = Path("export"),
+    opset: Annotated[int, typer.Option(min=18, max=23, help="ONNX opset (18+: the torch.export-based exporter's range).")] = 18,
+    fp16: Annotated[bool, typer.Option(help="Also write decoder.fp16.onnx (half-precision math, float32 I/O).")] = False,
+    int8: Annotated[bool, typer.Option(help="Also write decoder.int8.onnx (dynamically quantized weights).")] = False,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Dataset root, for parity on real test images.")] = None,
+    quiet: Quiet = False,
+):
+    """Export encoder.onnx and decoder.onnx (+ decoder.json sidecar), then prove parity with eager."""
+    from .export import export_decoder_variants, export_onnx
+
+    _export(checkpoint, out_dir, lambda model, state, sha: export_onnx(model, state, sha, out_dir, opset)
+            + export_decoder_variants(out_dir, fp16=fp16, int8=int8), data_dir, quiet, "sample --model")
+
+
+@command
+def torchscript(checkpoint: Checkpoint, out_dir: ExportDir = Path("export"),
+                data_dir: Annotated[Optional[Path], typer.Option(help="Dataset root, for parity on real test images.")] = None,
+                quiet: Quiet = False):
+    """Export encoder.torchscript and decoder.torchscript, then prove parity with eager."""
+    from .export import export_torchscript
+
+    _export(checkpoint, out_dir, lambda model, state, sha: export_torchscript(model, state, sha, out_dir),
+            data_dir, quiet, "parity")
+
+
+def _export(checkpoint: Path, out_dir: Path, write, data_dir, quiet: bool, next_cmd: str) -> None:
+    from .checkpoint import load_model
+    from .export import write_manifest
+    from .files import sha256_file
+    from .parity import check_parity, test_images
+
+    model, state = load_model(checkpoint)
+    written = write(model, state, sha256_file(checkpoint))
+    write_manifest(out_dir)
+    images = test_images(state.get("settings", {}).get("dataset", "mnist"), data_dir)
+    rows = _parity(lambda: check_parity(model, [w.path for w in written], images=images), quiet)
+    for w in written:
+        out.print(f"{w.path}  {w.bytes / 1e6:.2f} MB  {w.seconds:.1f} s")
+    if not quiet:
+        decoder = out_dir / "decoder.onnx"
+        err.print(f"parity: {len(rows)} checks passed" + ("" if images is not None else " (random inputs only: no test images found)"))
+        err.print(f"next: vae-export {next_cmd} {decoder if next_cmd.startswith('sample') else f'{checkpoint} {out_dir}'}"
+                  + (" -n 64 --out samples.png" if next_cmd.startswith("sample") else ""))
+
+
+@command
+def parity(
+    checkpoint: Checkpoint,
+    directory: Annotated[Path, typer.Argument(help="Folder holding exported .onnx/.torchscript files.")],
+    atol: Annotated[Optional[float], typer.Option(min=0.0, help="Absolute tolerance for every row [default: per backend].")] = None,
+    rtol: Annotated[Optional[float], typer.Option(min=0.0, help="Relative tolerance for every row [default: per backend].")] = None,
+    provider: Annotated[ParityProvider, typer.Option(help="ONNX Runtime providers to check; all = those that run here.")] = ParityProvider.cpu,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Dataset root, for parity on real test images.")] = None,
+    report: Annotated[Optional[Path], typer.Option(help="Also write every row as JSON.")] = None,
+    quiet: Quiet = False,
+):
+    """Check every artifact in DIRECTORY against the eager model rebuilt from CHECKPOINT."""
+    from .checkpoint import load_model
+    from .parity import artifacts_in, check_parity, test_images
+
+    model, state = load_model(checkpoint)
+    paths = artifacts_in(directory)
+    images = test_images(state.get("settings", {}).get("dataset", "mnist"), data_dir)
+    rows = _parity(lambda: check_parity(model, paths, provider=provider.value, images=images, atol=atol, rtol=rtol),
+                   quiet, report)
+    out.print(f"parity: {len(rows)} checks passed for {len(paths)} artifacts"
+              + ("" if images is not None else " (random inputs only: no test images found)"))
+
+
+def _parity(check, quiet: bool, report: Path | None = None):
+    """Run a parity check; print its table (all rows, or only the failing ones when quiet) and raise on failure."""
+    from .errors import ParityError
+
+    try:
+        rows = check()
+    except ParityError as e:
+        _parity_table([r for r in e.rows if not r.passed] if quiet else e.rows)
+        _write_report(report, e.rows)
+        raise
+    if not quiet:
+        _parity_table(rows)
+    _write_report(report, rows)
+    return rows
+
+
+def _write_report(report: Path | None, rows) -> None:
+    if report:
+        from .export import write_json
+
+        write_json(report, [r.as_dict() for r in rows])
+
+
+def _parity_table(rows) -> None:
+    from rich.table import Table
+
+    table = Table("artifact", "backend", "inputs", "batch", "output", "max abs", "mean abs", "max rel", "atol", "rtol",
+                  "result", title="parity against eager PyTorch (float32)", title_justify="left")
+    for r in rows:
+        table.add_row(r.artifact, r.backend, r.inputs, str(r.batch_size), r.output, f"{r.max_abs:.1e}", f"{r.mean_abs:.1e}",
+                      f"{r.max_rel:.1e}", f"{r.atol:g}", f"{r.rtol:g}", "[green]pass[/]" if r.passed else "[red]FAIL[/]")
+    out.print(table)
 
 
 def main() -> None:

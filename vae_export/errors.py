@@ -31,6 +31,10 @@ class ArtifactError(VaeExportError):
 class ParityError(VaeExportError):
     """An export does not compute what the eager model computes, within the stated tolerances."""
 
+    def __init__(self, message: str, rows: list | None = None):
+        super().__init__(message)
+        self.rows = rows or []
+
 
 class ProviderUnavailable(VaeExportError):
     """An onnxruntime execution provider was asked for but cannot run here."""

@@ -1,0 +1,242 @@
+"""Export the encoder and decoder, each described once by an `ExportSpec`, to ONNX (torch.onnx's
+torch.export-based exporter) and TorchScript; every file is self-describing and written atomically.
+
+    vae-export onnx runs/mlp/checkpoint.pt --out runs/mlp/export
+    vae-export torchscript runs/mlp/checkpoint.pt --out runs/mlp/export
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import onnx
+import torch
+from torch import nn
+
+from . import __version__
+from .config import VAEConfig
+from .errors import ArtifactError, UsageError
+from .files import atomic_open, sha256_file, writable_dir
+from .model import VAE
+
+DEFAULT_OPSET = 18
+BATCH_AXIS = "batch_size"           # the diffusers name for a VAE's dynamic batch axis
+MAX_ONNX_BYTES = 2**31 - 1          # protobuf's limit: above it ONNX needs external data, which we refuse
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """One exported network: what it is called, its I/O names, and how to get it and feed it."""
+
+    role: str                                        # "encoder" or "decoder"
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    module: Callable[[VAE], nn.Module]
+    example: Callable[[VAEConfig, int, torch.Generator], torch.Tensor]  # (config, batch, rng) -> input
+
+    def input_shape(self, config: VAEConfig) -> tuple[int, ...]:
+        return (config.latent_dim,) if self.role == "decoder" else config.image_shape
+
+    def output_shapes(self, config: VAEConfig) -> dict[str, tuple[int, ...]]:
+        if self.role == "decoder":
+            return {"sample": config.image_shape}
+        return {"mu": (config.latent_dim,), "logvar": (config.latent_dim,)}
+
+
+SPECS: dict[str, ExportSpec] = {
+    "encoder": ExportSpec("encoder", ("sample",), ("mu", "logvar"), lambda vae: vae.encoder,
+                          lambda c, b, g: torch.rand(b, *c.image_shape, generator=g)),
+    "decoder": ExportSpec("decoder", ("latent_sample",), ("sample",), lambda vae: vae.decoder,
+                          lambda c, b, g: torch.randn(b, c.latent_dim, generator=g)),
+}
+
+# Which formats exist and what each supports (also in the README).
+FORMATS: dict[str, dict[str, Any]] = {
+    "onnx": {"suffix": ".onnx", "metadata": "metadata_props (JSON values) + decoder.json sidecar",
+             "dynamic_batch": True, "runs_on": "onnxruntime CPU/CUDA, no torch needed"},
+    "torchscript": {"suffix": ".torchscript", "metadata": "_extra_files['vae_export.json']",
+                    "dynamic_batch": True, "runs_on": "torch (Python or libtorch C++)"},
+}
+TORCHSCRIPT_EXTRA = "vae_export.json"
+
+
+def artifact_path(out_dir: Path, role: str, fmt: str, variant: str = "") -> Path:
+    return Path(out_dir) / f"{role}{'.' + variant if variant else ''}{FORMATS[fmt]['suffix']}"
+
+
+def metadata(config: VAEConfig, checkpoint: dict[str, Any], checkpoint_sha256: str, spec: ExportSpec,
+             fmt: str, opset: int | None = None, variant: str = "fp32") -> dict[str, Any]:
+    """What makes a file self-describing: enough to use it without the checkpoint or this package."""
+    metrics = checkpoint.get("metrics") or [{}]
+    return {
+        "producer": "vae-export", "package_version": __version__, "format": fmt, "role": spec.role,
+        "variant": variant, "inputs": list(spec.inputs), "outputs": list(spec.outputs), "batch_axis": BATCH_AXIS,
+        "preset": config.preset, "arch": config.arch, "latent_dim": config.latent_dim,
+        "image_shape": list(config.image_shape), "likelihood": config.likelihood, "beta": config.beta,
+        "output_range": [0.0, 1.0] if spec.role == "decoder" else None,
+        "dataset": checkpoint.get("settings", {}).get("dataset"), "epochs_trained": checkpoint.get("epoch"),
+        "test_loss": metrics[-1].get("test_loss"), "opset": opset, "checkpoint_sha256": checkpoint_sha256,
+    }
+
+
+@dataclass
+class Written:
+    path: Path
+    seconds: float
+
+    @property
+    def bytes(self) -> int:
+        return self.path.stat().st_size
+
+
+def export_onnx(model: VAE, checkpoint: dict[str, Any], checkpoint_sha256: str, out_dir: str | Path,
+                opset: int = DEFAULT_OPSET) -> list[Written]:
+    """Write encoder.onnx, decoder.onnx and the decoder.json sidecar; returns what was written."""
+    out_dir = writable_dir(out_dir)
+    written = []
+    for spec in SPECS.values():
+        t0 = time.perf_counter()
+        meta = metadata(model.config, checkpoint, checkpoint_sha256, spec, "onnx", opset)
+        proto = onnx_proto(spec.module(model), spec, model.config, opset)
+        set_metadata(proto, meta)
+        path = artifact_path(out_dir, spec.role, "onnx")
+        save_onnx(proto, path)
+        if spec.role == "decoder":
+            write_json(out_dir / "decoder.json", meta)
+        written.append(Written(path, time.perf_counter() - t0))
+    return written
+
+
+def onnx_proto(module: nn.Module, spec: ExportSpec, config: VAEConfig, opset: int) -> onnx.ModelProto:
+    """Export one module with a dynamic batch axis named `batch_size`; check it and infer shapes."""
+    example = spec.example(config, 2, torch.Generator().manual_seed(0))
+    batch = torch.export.Dim(BATCH_AXIS, min=1)
+    with warnings.catch_warnings(), _quiet_exporter():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(module.eval(), (example,), dynamo=True, input_names=list(spec.inputs),
+                                    output_names=list(spec.outputs), dynamic_shapes=({0: batch},),
+                                    opset_version=opset, external_data=False, verbose=False)
+    proto = program.model_proto
+    for value in [*proto.graph.input, *proto.graph.output]:   # name the batch axis as other tools expect
+        value.type.tensor_type.shape.dim[0].dim_param = BATCH_AXIS
+    proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+@contextlib.contextmanager
+def _root_logging(level: int):
+    root = logging.getLogger()
+    saved = root.level
+    root.setLevel(level)
+    try:
+        yield
+    finally:
+        root.setLevel(saved)
+
+
+def _quiet_exporter():
+    """The exporter prints progress lines to stdout; our stdout carries data, so divert them."""
+    return contextlib.redirect_stdout(io.StringIO())
+
+
+def set_metadata(proto: onnx.ModelProto, meta: dict[str, Any]) -> None:
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, {k: json.dumps(v) for k, v in meta.items()})
+    proto.producer_name, proto.producer_version = "vae-export", __version__
+
+
+def save_onnx(proto: onnx.ModelProto, path: Path) -> None:
+    """One self-contained file (no external data), written atomically."""
+    data = proto.SerializeToString()
+    if len(data) > MAX_ONNX_BYTES:
+        raise ArtifactError(f"{path.name} would be {len(data)} bytes, over ONNX's 2 GiB single-file limit")
+    with atomic_open(path) as f:
+        f.write(data)
+
+
+def export_torchscript(model: VAE, checkpoint: dict[str, Any], checkpoint_sha256: str,
+                       out_dir: str | Path) -> list[Written]:
+    """Write encoder.torchscript and decoder.torchscript (traced: these networks have no control flow)."""
+    out_dir = writable_dir(out_dir)
+    written = []
+    for spec in SPECS.values():
+        t0 = time.perf_counter()
+        module = spec.module(model).eval()
+        example = spec.example(model.config, 2, torch.Generator().manual_seed(0))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit's deprecation notice; TorchScript still serves libtorch users
+            traced = torch.jit.trace(module, example)
+        meta = metadata(model.config, checkpoint, checkpoint_sha256, spec, "torchscript")
+        path = artifact_path(out_dir, spec.role, "torchscript")
+        with atomic_open(path) as f:
+            torch.jit.save(traced, f, _extra_files={TORCHSCRIPT_EXTRA: json.dumps(meta)})
+        written.append(Written(path, time.perf_counter() - t0))
+    return written
+
+
+def write_json(path: Path, obj: Any) -> None:
+    with atomic_open(path, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+
+
+def write_manifest(out_dir: str | Path) -> Path:
+    """manifest.json: every artifact present in out_dir with its size and sha256."""
+    out_dir = Path(out_dir)
+    files = sorted(p for p in out_dir.iterdir() if p.suffix in (".onnx", ".torchscript", ".json")
+                   and p.name != "manifest.json" and not p.name.startswith("."))
+    if not files:
+        raise UsageError(f"no artifacts in {out_dir}")
+    manifest = {"producer": "vae-export", "package_version": __version__,
+                "artifacts": [{"file": p.name, "bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in files]}
+    write_json(out_dir / "manifest.json", manifest)
+    return out_dir / "manifest.json"
+
+
+def export_decoder_variants(out_dir: str | Path, fp16: bool = False, int8: bool = False) -> list[Written]:
+    """Reduced-precision copies of decoder.onnx with float32 I/O: `fp16` (weights and math in half,
+    casts at the edges) and `int8` (onnxruntime dynamic quantization of the weights). Their error
+    against float32 is measured by parity, never assumed."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    out_dir = Path(out_dir)
+    base = artifact_path(out_dir, "decoder", "onnx")
+    meta = {p.key: json.loads(p.value) for p in onnx.load(str(base)).metadata_props}
+    written = []
+    if fp16:
+        t0 = time.perf_counter()
+        proto = convert_float_to_float16(onnx.load(str(base)), keep_io_types=True)
+        # the converter appends its input casts after their consumers: restore topological order
+        inputs = {i.name for i in proto.graph.input}
+        nodes = sorted(proto.graph.node, key=lambda n: not (n.op_type == "Cast" and n.input[0] in inputs))
+        del proto.graph.node[:]
+        proto.graph.node.extend(nodes)
+        set_metadata(proto, {**meta, "variant": "fp16"})
+        onnx.checker.check_model(proto, full_check=True)
+        save_onnx(proto, artifact_path(out_dir, "decoder", "onnx", "fp16"))
+        written.append(Written(artifact_path(out_dir, "decoder", "onnx", "fp16"), time.perf_counter() - t0))
+    if int8:
+        t0 = time.perf_counter()
+        import tempfile
+
+        with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+            plain = onnx.load(str(base))
+            del plain.graph.value_info[:]  # the quantizer rewrites Gemms and then trips on stale shapes
+            onnx.save(plain, f"{tmp}/plain.onnx")
+            with _quiet_exporter(), _root_logging(logging.ERROR):  # its advice to pre-process is for CNNs
+                quantize_dynamic(f"{tmp}/plain.onnx", f"{tmp}/q.onnx", weight_type=QuantType.QInt8)
+            proto = onnx.load(f"{tmp}/q.onnx")
+        set_metadata(proto, {**meta, "variant": "int8"})
+        save_onnx(proto, artifact_path(out_dir, "decoder", "onnx", "int8"))
+        written.append(Written(artifact_path(out_dir, "decoder", "onnx", "int8"), time.perf_counter() - t0))
+    return written

@@ -1,0 +1,192 @@
+"""Prove that every exported file computes what the eager model computes, after optimum's validator:
+names first, then shapes over several batch sizes (which proves the dynamic batch axis), then values
+on random inputs and on real test images, per output with max abs/rel difference and both tolerances.
+
+    vae-export parity runs/mlp/checkpoint.pt runs/mlp/export --provider all
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+import torch
+
+from . import runtime
+from .errors import ArtifactError, ParityError, ProviderUnavailable
+from .export import FORMATS, SPECS, TORCHSCRIPT_EXTRA
+from .model import VAE
+
+BATCH_SIZES = (1, 7, 1000)
+REL_FLOOR = 1e-6   # max rel = |export - eager| / max(|eager|, REL_FLOOR): defined even where eager is 0
+
+# (atol, rtol) against eager float32, |export - eager| <= atol + rtol * |eager| elementwise.
+# TorchScript runs torch's own kernels: 1e-6. ONNX Runtime's MLAS GEMMs sum in another order: 1e-5
+# on the decoder's [0, 1] images. Encoder outputs are unbounded (|logvar| reaches ~10), so they add
+# rtol 1e-5, float32's few-ulp level at that magnitude. CUDA: TF32 off on both sides (see below).
+TOLERANCES: dict[str, tuple[float, float]] = {
+    "torchscript": (1e-6, 0.0),
+    "onnxruntime-cpu": (1e-5, 0.0),
+    "onnxruntime-cuda": (1e-5, 0.0),
+}
+ENCODER_RTOL = 1e-5
+# Reduced-precision decoder variants: stated bounds on [0, 1] pixels, set from measurement (the mlp
+# decoder, random and real latents: fp16 max 7e-4, mean 2e-5; int8 max 6.8e-2 ~ 17/255, mean 1.7e-3).
+# The measured max and mean error are in every row, so the wider int8 bound hides nothing.
+VARIANT_TOLERANCES: dict[str, tuple[float, float]] = {"fp16": (2e-3, 0.0), "int8": (1e-1, 0.0)}
+
+
+@dataclass
+class Row:
+    artifact: str
+    backend: str
+    inputs: str          # "random" or "mnist"
+    batch_size: int
+    output: str
+    max_abs: float
+    mean_abs: float
+    max_rel: float
+    atol: float
+    rtol: float
+    passed: bool
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def artifacts_in(directory: Path) -> list[Path]:
+    """Every exported network in `directory` (encoder/decoder, any variant, ONNX or TorchScript)."""
+    suffixes = {f["suffix"] for f in FORMATS.values()}
+    found = sorted(p for p in Path(directory).iterdir()
+                   if p.suffix in suffixes and p.name.split(".")[0] in SPECS and not p.name.startswith("."))
+    if not found:
+        raise ArtifactError(f"no encoder/decoder .onnx or .torchscript files in {directory}")
+    return found
+
+
+def check_parity(model: VAE, paths: list[Path], *, provider: str = "cpu", images: np.ndarray | None = None,
+                 atol: float | None = None, rtol: float | None = None, seed: int = 0) -> list[Row]:
+    """Compare each artifact in `paths` with the eager `model`. Returns all rows; raises ParityError
+    (carrying the rows) if any fails. `images` (N, C, H, W) in [0, 1] adds real-data rows."""
+    providers = {"cpu": ["cpu"], "cuda": ["cuda"], "all": ["cpu", "cuda"]}[provider]
+    if provider == "all" and not torch.cuda.is_available():
+        providers = ["cpu"]  # --provider all checks what this machine has; --provider cuda insists
+    rows: list[Row] = []
+    for path in paths:
+        role, variant = _role_variant(path)
+        backends = ["torchscript"] if path.suffix == ".torchscript" else [f"onnxruntime-{p}" for p in providers]
+        for backend in backends:
+            device = "cuda" if backend.endswith("cuda") else "cpu"
+            run = _runner(path, role, backend)
+            bounds = VARIANT_TOLERANCES.get(variant) or TOLERANCES[backend]
+            bounds = (atol if atol is not None else bounds[0],
+                      rtol if rtol is not None else (ENCODER_RTOL if role == "encoder" else bounds[1]))
+            rows += _compare(model, role, run, path.name, backend, device, bounds, images, seed)
+    failed = [r for r in rows if not r.passed]
+    if failed:
+        raise ParityError(f"{len(failed)} of {len(rows)} parity checks failed", rows)
+    return rows
+
+
+def _role_variant(path: Path) -> tuple[str, str]:
+    parts = path.name.split(".")          # decoder.onnx, decoder.fp16.onnx
+    return parts[0], parts[1] if len(parts) > 2 else "fp32"
+
+
+def _runner(path: Path, role: str, backend: str) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+    """A function from an input batch to {output name: array}, running the artifact on `backend`."""
+    spec = SPECS[role]
+    if backend == "torchscript":
+        extra = {TORCHSCRIPT_EXTRA: ""}
+        try:
+            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+            meta = json.loads(extra[TORCHSCRIPT_EXTRA])
+        except Exception as e:  # noqa: BLE001 - torch.jit raises RuntimeError, JSONDecodeError, ...
+            raise ArtifactError(f"{path} is not a loadable vae-export TorchScript file ({str(e).splitlines()[0][:200]})") from None
+        if meta.get("role") != role or meta.get("outputs") != list(spec.outputs):
+            raise ArtifactError(f"{path}: metadata says role {meta.get('role')!r}, outputs {meta.get('outputs')}; "
+                                f"expected {role!r}, {list(spec.outputs)}")
+
+        def run_ts(x: np.ndarray) -> dict[str, np.ndarray]:
+            with torch.inference_mode():
+                y = module(torch.from_numpy(x))
+            y = y if isinstance(y, tuple) else (y,)
+            return {name: t.numpy() for name, t in zip(spec.outputs, y)}
+
+        return run_ts
+    _refuse_external_data(path)
+    cls = runtime.Decoder if role == "decoder" else runtime.Encoder
+    net = cls(path, provider=backend.removeprefix("onnxruntime-"))
+    if role == "decoder":
+        return lambda x: {"sample": net.decode(x)}
+    return lambda x: dict(zip(spec.outputs, net.encode(x)))
+
+
+def _refuse_external_data(path: Path) -> None:
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - protobuf's DecodeError and friends
+        raise ArtifactError(f"{path} is not a readable ONNX file ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})") from None
+    tensors = [*proto.graph.initializer, *(a.t for n in proto.graph.node for a in n.attribute if a.HasField("t"))]
+    if any(onnx.external_data_helper.uses_external_data(t) for t in tensors):
+        raise ArtifactError(f"{path} stores weights as external data; vae-export artifacts are single files")
+
+
+def _compare(model: VAE, role: str, run, name: str, backend: str, device: str, bounds: tuple[float, float],
+             images: np.ndarray | None, seed: int) -> list[Row]:
+    spec = SPECS[role]
+    cfg = model.config
+    eager = spec.module(model).eval() if device == "cpu" else copy.deepcopy(spec.module(model)).to(device).eval()
+    g = torch.Generator().manual_seed(seed)
+    cases = [("random", spec.example(cfg, b, g)) for b in BATCH_SIZES]
+    if images is not None:
+        x = torch.from_numpy(images[: max(BATCH_SIZES)])
+        if role == "decoder":  # real latents: the means the encoder gives real test images
+            with torch.inference_mode():
+                x = model.encoder(x)[0]
+        cases.append(("mnist", x))
+    rows = []
+    with _exact_fp32(), torch.inference_mode():
+        for kind, x in cases:
+            got = run(x.numpy())
+            want = eager(x.to(device))
+            want = want if isinstance(want, tuple) else (want,)
+            for out_name, w in zip(spec.outputs, want):
+                w = w.float().cpu().numpy()
+                expected_shape = (len(x), *spec.output_shapes(cfg)[out_name])
+                a = got.get(out_name)
+                if a is None or a.shape != expected_shape or w.shape != expected_shape:
+                    rows.append(Row(name, backend, kind, len(x), out_name, *[float("inf")] * 3, *bounds, False))
+                    continue
+                diff = np.abs(a.astype(np.float64) - w)
+                ok = bool(np.all(diff <= bounds[0] + bounds[1] * np.abs(w)))
+                rel = float(np.max(diff / np.maximum(np.abs(w), REL_FLOOR)))
+                rows.append(Row(name, backend, kind, len(x), out_name, float(diff.max()), float(diff.mean()), rel, *bounds, ok))
+    return rows
+
+
+class _exact_fp32:
+    """Eager on CUDA with TF32 off, so the reference is true float32."""
+
+    def __enter__(self):
+        self.saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+
+    def __exit__(self, *exc):
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = self.saved
+
+
+def test_images(dataset: str, data_dir: str | Path | None = None, n: int = 1000) -> np.ndarray | None:
+    """The first n test images of `dataset` as float32 (n, 1, 28, 28) in [0, 1], or None offline."""
+    from training.data import load_images, resolve_data_dir
+
+    try:
+        x = load_images(dataset, resolve_data_dir(data_dir), train=False, download=False)[:n]
+    except Exception:  # noqa: BLE001 - no data here: parity still runs on random inputs
+        return None
+    return x.float().div(255).numpy()

@@ -1,0 +1,239 @@
+"""Run the exported ONNX encoder and decoder with numpy and onnxruntime only: no torch, so other
+applications can embed `decoder.onnx` with two dependencies.
+
+    from vae_export.runtime import Decoder
+    decoder = Decoder("artifacts/mlp/decoder.onnx", provider="auto")
+    images = decoder.sample(16, seed=0)          # (16, 1, 28, 28) float32 in [0, 1]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import onnxruntime as ort
+
+from .errors import ArtifactError, ProviderUnavailable, UsageError
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+MAX_MODEL_BYTES = 256 * 2**20       # our largest model is ~30 MB; refuse anything absurd before parsing it
+LATENT_CHUNK = 4096                 # latents come in fixed chunks, so samples do not depend on batch size
+SMALL_BATCH = 64                    # below this, a single-threaded session is faster (no pool wake-ups)
+GPU_HELP = ("install GPU support with `make install-gpu` (swaps onnxruntime for onnxruntime-gpu; "
+            "the two must never be installed together) on a machine with CUDA 12+ and cuDNN 9")
+
+ort.set_default_logger_severity(3)  # errors only: a CUDA provider that fails to load is reported by us
+
+
+def physical_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def session_options(threads: int) -> ort.SessionOptions:
+    """Options chosen on purpose:
+    - all graph optimizations (Gemm+activation fusion, constant folding): the graphs are plain ops;
+    - intra-op threads as asked, one inter-op thread, sequential execution: the graphs are chains;
+    - no spinning: idle pool threads otherwise busy-wait after each run, stealing the cores that
+      the caller (writing the last batch, or a training job) needs.
+    """
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return so
+
+
+def _create(model: bytes, threads: int, providers: list) -> ort.InferenceSession:
+    return ort.InferenceSession(model, sess_options=session_options(threads), providers=providers)
+
+
+def open_session(model: bytes, provider: str = "cpu", threads: int | None = None) -> ort.InferenceSession:
+    """A session on the provider asked for, verified: onnxruntime silently falls back to the CPU when
+    the CUDA provider cannot load, so we check what the session really got.
+
+    The model comes as bytes, so onnxruntime has no folder to resolve external-data files against:
+    a file that points outside itself fails to load instead of reading arbitrary paths.
+    """
+    if provider not in (*PROVIDERS, "auto"):
+        raise UsageError(f"unknown provider {provider!r}; expected cpu, cuda or auto")
+    threads = threads or physical_cores()
+    available = ort.get_available_providers()
+    if provider in ("cuda", "auto") and PROVIDERS["cuda"] in available:
+        try:
+            ort.preload_dlls()  # reuse the CUDA/cuDNN libraries that torch's nvidia-* wheels installed
+        except Exception:  # noqa: BLE001 - missing libraries surface below as a CPU-only session
+            pass
+        session = _create(model, threads, [PROVIDERS["cuda"], PROVIDERS["cpu"]])
+        if session.get_providers()[0] == PROVIDERS["cuda"]:
+            return session
+    if provider == "cuda":
+        why = ("the CUDA provider failed to load (CUDA or cuDNN libraries missing or mismatched)"
+               if PROVIDERS["cuda"] in available else "this onnxruntime build has no CUDA provider")
+        raise ProviderUnavailable(f"--provider cuda: {why}; available: {', '.join(available)}; {GPU_HELP}")
+    return _create(model, threads, [PROVIDERS["cpu"]])
+
+
+class _Model:
+    """An exported vae-export network, validated before its first run."""
+
+    role = ""
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+
+    def __init__(self, path: str | os.PathLike, provider: str = "cpu", threads: int | None = None):
+        self.path = Path(path)
+        data = _read_model(self.path)
+        self.session = _loaded(self.path, lambda: open_session(data, provider, threads))
+        self.provider = self.session.get_providers()[0]
+        self.metadata = _metadata(self.session, self.path)
+        self._check_io()
+        # A one-thread twin for tiny batches on the CPU, where waking a thread pool costs more than the math.
+        self._small = (_create(data, 1, [PROVIDERS["cpu"]]) if self.provider == PROVIDERS["cpu"]
+                       and self.session.get_session_options().intra_op_num_threads > 1 else self.session)
+
+    def _check_io(self) -> None:
+        got_in = tuple(i.name for i in self.session.get_inputs())
+        got_out = tuple(o.name for o in self.session.get_outputs())
+        if (got_in, got_out) != (self.inputs, self.outputs) or self.metadata.get("role") != self.role:
+            raise ArtifactError(f"{self.path} is not a vae-export {self.role}: expected inputs {list(self.inputs)} -> "
+                                f"outputs {list(self.outputs)}, got {list(got_in)} -> {list(got_out)} "
+                                f"(role {self.metadata.get('role')!r})")
+        for value in [*self.session.get_inputs(), *self.session.get_outputs()]:
+            if value.type != "tensor(float)":
+                raise ArtifactError(f"{self.path}: {value.name} is {value.type}, expected tensor(float)")
+        rank = 2 if self.role == "decoder" else 1 + len(self.metadata["image_shape"])
+        if len(self.session.get_inputs()[0].shape) != rank:
+            raise ArtifactError(f"{self.path}: input {self.inputs[0]} has rank "
+                                f"{len(self.session.get_inputs()[0].shape)}, expected {rank}")
+
+    def _session_for(self, batch: int) -> ort.InferenceSession:
+        return self._small if batch < SMALL_BATCH else self.session
+
+    def _validated(self, x: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
+        x = np.asarray(x)
+        if x.dtype != np.float32:
+            if not np.issubdtype(x.dtype, np.floating):
+                raise UsageError(f"{what} must be floating point, got {x.dtype}")
+            x = x.astype(np.float32)
+        if x.ndim != 1 + len(shape) or x.shape[1:] != shape or x.shape[0] == 0:
+            raise UsageError(f"{what} must have shape (batch, {', '.join(map(str, shape))}), got {x.shape}")
+        if not np.isfinite(x).all():
+            raise UsageError(f"{what} contains NaN or infinite values")
+        return np.ascontiguousarray(x)
+
+
+class Decoder(_Model):
+    """latent_sample (B, latent_dim) -> sample (B, C, H, W) float32 in [0, 1]."""
+
+    role, inputs, outputs = "decoder", ("latent_sample",), ("sample",)
+
+    @property
+    def latent_dim(self) -> int:
+        return int(self.metadata["latent_dim"])
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return tuple(self.metadata["image_shape"])
+
+    def decode(self, z: Any, out: np.ndarray | None = None) -> np.ndarray:
+        """Decode latents. With `out` (a C-contiguous float32 array of the output shape, e.g. a slice
+        of a memory-mapped file), onnxruntime writes straight into it: no per-batch allocation."""
+        z = self._validated(z, (self.latent_dim,), "latents")
+        return self._run(z, out)
+
+    def _run(self, z: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        shape = (len(z), *self.image_shape)
+        session = self._session_for(len(z))
+        if out is None and self.provider == PROVIDERS["cpu"]:
+            return session.run(None, {"latent_sample": z})[0]
+        binding = session.io_binding()  # CUDA: one copy in, one out; CPU: write into the caller's buffer
+        binding.bind_cpu_input("latent_sample", z)
+        if out is not None and self.provider == PROVIDERS["cpu"]:
+            if out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+                raise UsageError(f"out must be a C-contiguous float32 array of shape {shape}")
+            binding.bind_output("sample", "cpu", 0, np.float32, list(shape), out.ctypes.data)
+            session.run_with_iobinding(binding)
+            return out
+        binding.bind_output("sample", "cuda" if self.provider == PROVIDERS["cuda"] else "cpu")
+        session.run_with_iobinding(binding)
+        result = binding.copy_outputs_to_cpu()[0]
+        if out is not None:
+            np.copyto(out, result)
+            return out
+        return result
+
+    def latents(self, seed: int, start: int, stop: int) -> np.ndarray:
+        """Latents of samples start..stop-1 for `seed`, the same whatever the batch size."""
+        return latent_slice(seed, start, stop, self.latent_dim)
+
+    def sample(self, n: int, seed: int = 0, batch_size: int = 1024) -> np.ndarray:
+        """n images decoded from N(0, I) latents drawn with numpy: same seed, same images."""
+        if n <= 0 or batch_size <= 0:
+            raise UsageError(f"n and batch_size must be > 0, got {n} and {batch_size}")
+        return np.concatenate([self._run(self.latents(seed, i, min(i + batch_size, n)))
+                               for i in range(0, n, batch_size)])
+
+
+class Encoder(_Model):
+    """sample (B, C, H, W) in [0, 1] -> mu, logvar (B, latent_dim)."""
+
+    role, inputs, outputs = "encoder", ("sample",), ("mu", "logvar")
+
+    def encode(self, images: Any) -> tuple[np.ndarray, np.ndarray]:
+        x = self._validated(images, tuple(self.metadata["image_shape"]), "images")
+        mu, logvar = self._session_for(len(x)).run(None, {"sample": x})
+        return mu, logvar
+
+
+def latent_slice(seed: int, start: int, stop: int, dim: int) -> np.ndarray:
+    """(stop - start, dim) standard-normal float32 latents; chunk k of LATENT_CHUNK rows comes from
+    its own generator seeded with (seed, k), so any batching of the same range gives the same rows."""
+    first, last = start // LATENT_CHUNK, (stop - 1) // LATENT_CHUNK
+    chunks = [np.random.default_rng([seed, k]).standard_normal((LATENT_CHUNK, dim), dtype=np.float32)
+              for k in range(first, last + 1)]
+    block = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+    offset = start - first * LATENT_CHUNK
+    return block[offset: offset + stop - start]
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The metadata of an exported ONNX file (JSON-decoded), without running it."""
+    data = _read_model(Path(path))
+    return _metadata(_loaded(Path(path), lambda: _create(data, 1, [PROVIDERS["cpu"]])), Path(path))
+
+
+def _loaded(path: Path, make):
+    """Run a session factory; onnxruntime's load failures become one ArtifactError line."""
+    try:
+        return make()
+    except (UsageError, ProviderUnavailable):
+        raise
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own pybind exception types
+        reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise ArtifactError(f"{path}: onnxruntime cannot load it ({reason})") from None
+
+
+def _read_model(path: Path) -> bytes:
+    if not path.is_file():
+        raise ArtifactError(f"no model at {path}")
+    size = path.stat().st_size
+    if size > MAX_MODEL_BYTES:
+        raise ArtifactError(f"{path} is {size} bytes, over the {MAX_MODEL_BYTES}-byte cap for a VAE model")
+    return path.read_bytes()
+
+
+def _metadata(session_or_path, path: Path) -> dict[str, Any]:
+    raw = session_or_path.get_modelmeta().custom_metadata_map
+    try:
+        meta = {k: json.loads(v) for k, v in raw.items()}
+    except json.JSONDecodeError:
+        raise ArtifactError(f"{path}: metadata is not JSON; was it written by vae-export?") from None
+    if meta.get("producer") != "vae-export":
+        raise ArtifactError(f"{path} has no vae-export metadata (producer {meta.get('producer')!r})")
+    return meta
