@@ -198,12 +198,12 @@ def _export(checkpoint: Path, out_dir: Path, write, data_dir, quiet: bool, next_
     from .checkpoint import load_model
     from .export import write_manifest
     from .files import sha256_file
-    from .parity import check_parity, test_images
+    from .parity import check_parity, real_images
 
     model, state = load_model(checkpoint)
     written = write(model, state, sha256_file(checkpoint))
     write_manifest(out_dir)
-    images = test_images(state.get("settings", {}).get("dataset", "mnist"), data_dir)
+    images = real_images(state.get("settings", {}).get("dataset", "mnist"), data_dir)
     rows = _parity(lambda: check_parity(model, [w.path for w in written], images=images), quiet)
     for w in written:
         out.print(f"{w.path}  {w.bytes / 1e6:.2f} MB  {w.seconds:.1f} s")
@@ -227,11 +227,11 @@ def parity(
 ):
     """Check every artifact in DIRECTORY against the eager model rebuilt from CHECKPOINT."""
     from .checkpoint import load_model
-    from .parity import artifacts_in, check_parity, test_images
+    from .parity import artifacts_in, check_parity, real_images
 
     model, state = load_model(checkpoint)
     paths = artifacts_in(directory)
-    images = test_images(state.get("settings", {}).get("dataset", "mnist"), data_dir)
+    images = real_images(state.get("settings", {}).get("dataset", "mnist"), data_dir)
     rows = _parity(lambda: check_parity(model, paths, provider=provider.value, images=images, atol=atol, rtol=rtol),
                    quiet, report)
     out.print(f"parity: {len(rows)} checks passed for {len(paths)} artifacts"

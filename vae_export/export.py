@@ -172,13 +172,11 @@ def export_torchscript(model: VAE, checkpoint: dict[str, Any], checkpoint_sha256
         t0 = time.perf_counter()
         module = spec.module(model).eval()
         example = spec.example(model.config, 2, torch.Generator().manual_seed(0))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch.jit's deprecation notice; TorchScript still serves libtorch users
-            traced = torch.jit.trace(module, example)
         meta = metadata(model.config, checkpoint, checkpoint_sha256, spec, "torchscript")
         path = artifact_path(out_dir, spec.role, "torchscript")
-        with atomic_open(path) as f:
-            torch.jit.save(traced, f, _extra_files={TORCHSCRIPT_EXTRA: json.dumps(meta)})
+        with warnings.catch_warnings(), atomic_open(path) as f:
+            warnings.simplefilter("ignore")  # torch.jit's deprecation notice; TorchScript still serves libtorch users
+            torch.jit.save(torch.jit.trace(module, example), f, _extra_files={TORCHSCRIPT_EXTRA: json.dumps(meta)})
         written.append(Written(path, time.perf_counter() - t0))
     return written
 

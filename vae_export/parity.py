@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -104,7 +105,9 @@ def _runner(path: Path, role: str, backend: str) -> Callable[[np.ndarray], dict[
     if backend == "torchscript":
         extra = {TORCHSCRIPT_EXTRA: ""}
         try:
-            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch.jit's deprecation notice
+                module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
             meta = json.loads(extra[TORCHSCRIPT_EXTRA])
         except Exception as e:  # noqa: BLE001 - torch.jit raises RuntimeError, JSONDecodeError, ...
             raise ArtifactError(f"{path} is not a loadable vae-export TorchScript file ({str(e).splitlines()[0][:200]})") from None
@@ -181,7 +184,7 @@ class _exact_fp32:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = self.saved
 
 
-def test_images(dataset: str, data_dir: str | Path | None = None, n: int = 1000) -> np.ndarray | None:
+def real_images(dataset: str, data_dir: str | Path | None = None, n: int = 1000) -> np.ndarray | None:
     """The first n test images of `dataset` as float32 (n, 1, 28, 28) in [0, 1], or None offline."""
     from training.data import load_images, resolve_data_dir
 

@@ -1,0 +1,422 @@
+"""How fast one checkpoint's decoder and encoder run on every backend this machine has, and how fast
+each preset trains. Each backend's output is first checked against eager PyTorch on the same input:
+a fast wrong answer is worthless, so a backend outside its tolerance is reported `wrong`, not timed.
+
+    vae-export bench runs/mlp/checkpoint.pt --batch-sizes 1,64,1024,8192 --out bench.json --plot bench.png
+
+The report (`run_bench`'s return value, plain JSON types):
+  checkpoint, preset, latent_dim
+  machine    cpu (/proc/cpuinfo), logical_cpus, usable_cpus, gpu (or null), python, platform, torch, onnxruntime,
+             numpy, onnxruntime_providers, load_average_start/_end (1-minute load: how busy the machine was)
+  threads    torch, torch_interop, onnxruntime (intra-op threads of the runtime's session; it runs batches
+             below small_batch_below on a 1-thread twin: onnxruntime_small_batch)
+  settings   batch_sizes, repeats, warmup, providers, compile, train_steps, inputs (what was fed)
+  decode, encode  {"rows": [...], "skipped": {backend: one-line reason}}, a row per (backend, batch size):
+             backend, device, batch_size, threads, tolerance, max_abs_diff (against eager; null if shapes
+             differ), status "ok" or "wrong"; if ok also first_call_s (with torch.compile, its compilation),
+             median_s, p10_s, p90_s (seconds per call) and samples_per_s (batch / median)
+  train      {"rows": [...], "skipped": {...}}, a row per (preset, device): batch_size, steps (per block),
+             blocks, images_per_s (median block), images_per_s_p10/_p90, step_ms, threads, data
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import gc
+import os
+import platform
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from . import runtime
+from .checkpoint import load_model
+from .config import PRESETS, VAEConfig
+from .errors import UsageError
+from .export import SPECS, export_onnx, export_torchscript
+from .files import atomic_path
+from .model import VAE, elbo_terms
+
+WARMUP = 3            # untimed calls per (backend, batch size), after the first call that is checked
+TRAIN_BATCH = 128     # training.train's default
+TRAIN_BLOCKS = 5      # timed blocks of `train_steps` steps, after one untimed warm-up block
+# Elementwise |backend - eager| <= tolerance * max(1, |eager|): absolute on the decoder's [0, 1] pixels,
+# relative on the encoder's unbounded logvar. The same kernels: 1e-6; other summation orders: 1e-5;
+# the GPU (TF32 off): 1e-4.
+TOLERANCES = {"eager": 1e-6, "torchscript": 1e-6, "torch.compile": 1e-5, "onnxruntime-cpu": 1e-5,
+              "onnxruntime-cpu-session": 1e-5, "eager-cuda": 1e-4, "onnxruntime-cuda": 1e-4,
+              "onnxruntime-cuda-iobinding": 1e-4}
+ROLES = {"decode": "decoder", "encode": "encoder"}
+Call = Callable[[], Any]
+
+
+@dataclass
+class Backend:
+    name: str
+    device: str
+    prepare: Callable[[np.ndarray], Call]    # input batch -> the zero-argument call that is timed
+    threads: Callable[[int], int | None]     # batch size -> threads it runs on (None on a GPU)
+
+
+def run_bench(checkpoint: Path, batch_sizes: Sequence[int] = (1, 64, 1024, 8192),
+              providers: Sequence[str] = ("cpu", "cuda"), repeats: int = 20, train: bool = True,
+              log: Callable[[str], None] | None = None, *, compile: bool = True, train_steps: int = 10,
+              data_dir: str | Path | None = None) -> dict[str, Any]:
+    """Check and time the checkpoint's networks on every backend of `providers` that works here, and
+    (with `train`) every preset's training step. Sets torch.set_flush_denormal(True), as training does."""
+    if not batch_sizes or min(batch_sizes) < 1 or repeats < 1 or train_steps < 1:
+        raise UsageError("batch sizes, repeats and train steps must be >= 1")
+    if set(providers) - {"cpu", "cuda"}:
+        raise UsageError(f"unknown providers {sorted(set(providers) - {'cpu', 'cuda'})}; expected cpu, cuda")
+    torch.set_flush_denormal(True)  # before tensor work, so OpenMP workers inherit it (see training/train.py)
+    log = log or (lambda line: None)
+    load_start = os.getloadavg()[0]
+    model, state = load_model(checkpoint)
+    top = max(batch_sizes)
+    images, source = _images(state.get("settings", {}).get("dataset", "mnist"), False, top, data_dir)
+    inputs = {"decoder": runtime.latent_slice(0, 0, top, model.config.latent_dim), "encoder": images.numpy()}
+    report: dict[str, Any] = {
+        "checkpoint": str(checkpoint), "preset": model.config.preset, "latent_dim": model.config.latent_dim,
+        "machine": {**machine(), "load_average_start": load_start},
+        "threads": {"torch": torch.get_num_threads(), "torch_interop": torch.get_num_interop_threads(),
+                    "onnxruntime": runtime.physical_cores(), "onnxruntime_small_batch": 1,
+                    "small_batch_below": runtime.SMALL_BATCH},
+        "settings": {"batch_sizes": list(batch_sizes), "repeats": repeats, "warmup": WARMUP,
+                     "providers": list(providers), "compile": compile, "train_steps": train_steps,
+                     "inputs": {"decode": "N(0, I) latents (runtime.latent_slice, seed 0)", "encode": source}},
+    }
+    with tempfile.TemporaryDirectory(prefix="vae-bench-") as tmp, _exact_fp32(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
+        export_onnx(model, state, "bench", tmp)
+        export_torchscript(model, state, "bench", tmp)
+        for key, role in ROLES.items():
+            backends, skipped = _backends(model, role, Path(tmp), providers, compile)
+            eager = SPECS[role].module(model)
+            # batch sizes outermost, so a change in machine load hits every backend alike
+            rows = [r for b in batch_sizes
+                    for r in _bench_batch(key, backends, skipped, inputs[role][:b], eager, repeats, log)]
+            order = [b.name for b in backends]
+            report[key] = {"rows": sorted(rows, key=lambda r: order.index(r["backend"])), "skipped": skipped}
+    report["train"] = (bench_training(providers, train_steps, data_dir, log) if train
+                       else {"rows": [], "skipped": {"all": "not asked for"}})
+    report["machine"]["load_average_end"] = os.getloadavg()[0]
+    return report
+
+
+def machine() -> dict[str, Any]:
+    return {"cpu": _cpu_model(), "logical_cpus": os.cpu_count(), "usable_cpus": runtime.physical_cores(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "python": sys.version.split()[0], "platform": platform.platform(), "torch": torch.__version__,
+            "onnxruntime": ort.__version__, "numpy": np.__version__,
+            "onnxruntime_providers": ort.get_available_providers()}
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown"
+
+
+def _backends(model: VAE, role: str, folder: Path, providers: Sequence[str],
+              compile: bool) -> tuple[list[Backend], dict[str, str]]:
+    """The backends to time for one role, and the reason for each one that cannot run here."""
+    eager = SPECS[role].module(model)
+    onnx = folder / f"{role}.onnx"
+    net = runtime.Decoder if role == "decoder" else runtime.Encoder
+    torch_threads = lambda b: torch.get_num_threads()  # noqa: E731
+    makers: dict[str, Callable[[], Backend]] = {}
+    if "cpu" in providers:
+        makers["eager"] = lambda: Backend("eager", "cpu", _torch_call(eager, "cpu"), torch_threads)
+        makers["torchscript"] = lambda: Backend("torchscript", "cpu", _torch_call(
+            torch.jit.load(str(folder / f"{role}.torchscript")), "cpu"), torch_threads)
+        if compile:  # dynamic: one graph for every batch size (batch 1 still gets its own)
+            makers["torch.compile"] = lambda: Backend("torch.compile", "cpu", _torch_call(
+                torch.compile(eager, dynamic=True), "cpu"), torch_threads)
+        makers["onnxruntime-cpu"] = lambda: _runtime_backend("onnxruntime-cpu", net(onnx, "cpu"), role)
+        makers["onnxruntime-cpu-session"] = lambda: _session_backend(onnx)
+    if "cuda" in providers:
+        makers["eager-cuda"] = lambda: Backend("eager-cuda", "cuda", _torch_call(_on_cuda(eager), "cuda"),
+                                               lambda b: None)
+        makers["onnxruntime-cuda"] = lambda: _runtime_backend("onnxruntime-cuda", net(onnx, "cuda"), role)
+        makers["onnxruntime-cuda-iobinding"] = lambda: _iobinding_backend(onnx)
+    backends, skipped = [], {}
+    for name, make in makers.items():
+        try:
+            backends.append(make())
+        except Exception as e:  # noqa: BLE001 - a backend that cannot run here is reported, never fatal
+            skipped[name] = _one_line(e)
+    return backends, skipped
+
+
+def _torch_call(module: Callable, device: str) -> Callable[[np.ndarray], Call]:
+    def prepare(x: np.ndarray) -> Call:
+        t = torch.from_numpy(x).to(device)  # on the device before timing starts
+
+        def call():
+            with torch.inference_mode():
+                y = module(t)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            return y
+        return call
+    return prepare
+
+
+def _on_cuda(module: torch.nn.Module) -> torch.nn.Module:
+    if not torch.cuda.is_available():
+        raise RuntimeError("torch sees no CUDA GPU here")
+    return copy.deepcopy(module).to("cuda").eval()
+
+
+def _runtime_backend(name: str, net: runtime.Decoder | runtime.Encoder, role: str) -> Backend:
+    """vae_export.runtime as applications use it: numpy in and out, input checks included."""
+    run = net.decode if role == "decoder" else net.encode
+    threads = net.session.get_session_options().intra_op_num_threads
+    on_cpu = net.provider == runtime.PROVIDERS["cpu"]
+    return Backend(name, "cpu" if on_cpu else "cuda", lambda x: lambda: run(x),
+                   lambda b: (1 if b < runtime.SMALL_BATCH else threads) if on_cpu else None)
+
+
+def _session_backend(path: Path) -> Backend:
+    """One bare multi-threaded session at every batch size: what the runtime's input checks and its
+    one-thread session for small batches cost or save."""
+    session = runtime.open_session(path.read_bytes(), "cpu")
+    name, threads = session.get_inputs()[0].name, session.get_session_options().intra_op_num_threads
+    return Backend("onnxruntime-cpu-session", "cpu", lambda x: lambda: session.run(None, {name: x}), lambda b: threads)
+
+
+def _iobinding_backend(path: Path) -> Backend:
+    """ONNX Runtime CUDA with the input and outputs resident on the GPU: no host copies are timed."""
+    session = runtime.open_session(path.read_bytes(), "cuda")
+
+    def prepare(x: np.ndarray) -> Call:
+        binding = session.io_binding()
+        binding.bind_ortvalue_input(session.get_inputs()[0].name, ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))
+        for output in session.get_outputs():
+            binding.bind_output(output.name, "cuda")
+
+        def call():
+            session.run_with_iobinding(binding)
+            binding.synchronize_outputs()
+            return binding
+        return call
+    return Backend("onnxruntime-cuda-iobinding", "cuda", prepare, lambda b: None)
+
+
+def _bench_batch(key: str, backends: list[Backend], skipped: dict[str, str], x: np.ndarray, eager: Callable,
+                 repeats: int, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Check, then time, every backend on one input batch; a backend that raises moves to `skipped`."""
+    want = _arrays(_torch_call(eager, "cpu")(x)())
+    rows = []
+    for backend in [b for b in backends if b.name not in skipped]:
+        row: dict[str, Any] = {"backend": backend.name, "device": backend.device, "batch_size": len(x),
+                               "threads": backend.threads(len(x)), "tolerance": TOLERANCES[backend.name]}
+        try:
+            call = backend.prepare(x)
+            t0 = time.perf_counter()
+            got = _arrays(call())
+            first = time.perf_counter() - t0
+        except Exception as e:  # noqa: BLE001 - e.g. torch.compile without a working C++ compiler
+            skipped[backend.name] = _one_line(e)
+            log(f"{key} {backend.name}: skipped ({skipped[backend.name]})")
+            continue
+        row["max_abs_diff"], ok = _compare(got, want, row["tolerance"])
+        row["status"] = "ok" if ok else "wrong"
+        if ok:
+            row.update(first_call_s=first, **_timed(call, repeats, len(x)))
+        rows.append(row)
+        log(f"{key} {backend.name:<26} batch {len(x):>5}: "
+            + (f"{row['median_s'] * 1e3:9.3f} ms {row['samples_per_s']:>12,.0f} samples/s" if ok
+               else f"WRONG: max |diff| {row['max_abs_diff']} > {row['tolerance']}"))
+    return rows
+
+
+def _arrays(out: Any) -> list[np.ndarray]:
+    if isinstance(out, (list, tuple)):
+        return [a for o in out for a in _arrays(o)]
+    if isinstance(out, torch.Tensor):
+        return [out.detach().cpu().numpy()]
+    if hasattr(out, "copy_outputs_to_cpu"):  # an onnxruntime IO binding
+        return list(out.copy_outputs_to_cpu())
+    return [np.asarray(out)]
+
+
+def _compare(got: list[np.ndarray], want: list[np.ndarray], tol: float) -> tuple[float | None, bool]:
+    """(max |got - want| over all outputs, whether every element is within tolerance)."""
+    if [g.shape for g in got] != [w.shape for w in want]:
+        return None, False
+    diffs = [np.abs(g.astype(np.float64) - w) for g, w in zip(got, want)]
+    ok = all(np.all(d <= tol * np.maximum(1.0, np.abs(w))) for d, w in zip(diffs, want))
+    return float(max(d.max() for d in diffs)), ok
+
+
+def _timed(call: Call, repeats: int, batch: int) -> dict[str, float]:
+    for _ in range(WARMUP):
+        call()
+    times = []
+    gc.disable()  # a collection inside one timed call is noise, not the backend's cost
+    try:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - t0)
+    finally:
+        gc.enable()
+    p10, median, p90 = (float(v) for v in np.percentile(times, [10, 50, 90]))
+    return {"median_s": median, "p10_s": p10, "p90_s": p90, "samples_per_s": batch / median}
+
+
+def bench_training(providers: Sequence[str] = ("cpu", "cuda"), steps: int = 10, data_dir: str | Path | None = None,
+                   log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Training images/s per preset and device, with the step of training.train's loop (forward with
+    reparameterization noise, summed ELBO, backward, fused Adam) timed in blocks of `steps` steps."""
+    torch.set_flush_denormal(True)
+    images, source = _images("mnist", True, (TRAIN_BLOCKS + 1) * steps * TRAIN_BATCH, data_dir)
+    rows, skipped = [], {}
+    for device in [d for d in ("cpu", "cuda") if d in providers]:
+        if device == "cuda" and not torch.cuda.is_available():
+            skipped["cuda"] = "torch sees no CUDA GPU here"
+            continue
+        for config in PRESETS.values():
+            rows.append({**_train_speed(config, torch.device(device), images, steps), "data": source})
+            if log:
+                log(f"train {config.preset:<10} {device}: {rows[-1]['images_per_s']:,.0f} images/s")
+    return {"rows": rows, "skipped": skipped}
+
+
+def _train_speed(config: VAEConfig, dev: torch.device, images: torch.Tensor, steps: int) -> dict[str, Any]:
+    torch.manual_seed(0)
+    model = VAE(config).to(dev).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    x_all, noise = images.to(dev), torch.Generator(device=dev).manual_seed(1)
+    index = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(0)).to(dev)
+    seconds = []
+    for block in index.split(steps * TRAIN_BATCH):
+        t0 = time.perf_counter()
+        for idx in block.split(TRAIN_BATCH):
+            x = x_all[idx]
+            logits, mu, logvar = model(x, noise)
+            recon, kl = elbo_terms(logits, x, mu, logvar, config.likelihood)
+            optimizer.zero_grad(set_to_none=True)
+            (recon + config.beta * kl).backward()
+            optimizer.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - t0)
+    rates = [steps * TRAIN_BATCH / s for s in seconds[1:]]          # the first block is warm-up
+    p10, median, p90 = (float(v) for v in np.percentile(rates, [10, 50, 90]))
+    return {"preset": config.preset, "device": dev.type, "batch_size": TRAIN_BATCH, "steps": steps,
+            "blocks": len(rates), "images_per_s": median, "images_per_s_p10": p10, "images_per_s_p90": p90,
+            "step_ms": 1e3 * TRAIN_BATCH / median, "threads": torch.get_num_threads() if dev.type == "cpu" else None}
+
+
+def _images(dataset: str, train: bool, n: int, data_dir: str | Path | None) -> tuple[torch.Tensor, str]:
+    """n float images in [0, 1] from the dataset (repeated if it has fewer), else uniform noise."""
+    from training.data import load_images, resolve_data_dir, to_float
+
+    try:
+        x = load_images(dataset, resolve_data_dir(data_dir), train=train, download=False)
+    except Exception:  # noqa: BLE001 - no data here: time on noise, and say so in the report
+        return torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(0)), f"uniform noise (no {dataset})"
+    return to_float(x[torch.arange(n) % len(x)]), f"{dataset} {'train' if train else 'test'} images"
+
+
+@contextlib.contextmanager
+def _exact_fp32():
+    """TF32 off on the GPU, so eager CUDA is true float32 like every other backend."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:300]}" if text else type(e).__name__
+
+
+def print_report(report: dict[str, Any], console: Console) -> None:
+    """The report as rich tables (decode, encode, train), each followed by what was skipped and why."""
+    m, t, s = report["machine"], report["threads"], report["settings"]
+    console.print(f"{report['preset']} checkpoint {report['checkpoint']}; {m['cpu']}, {m['usable_cpus']} of "
+                  f"{m['logical_cpus']} CPUs usable, GPU: {m['gpu'] or 'none'}; torch {m['torch']} "
+                  f"({t['torch']} threads), onnxruntime {m['onnxruntime']} ({t['onnxruntime']} threads, 1 below "
+                  f"batch {t['small_batch_below']}); load average {m['load_average_start']:.2f} -> "
+                  f"{m['load_average_end']:.2f}", markup=False)
+    for key, what in (("decode", "latents -> images"), ("encode", "images -> (mu, logvar)")):
+        table = Table("backend", "batch", "median ms", "p10-p90 ms", "samples/s", "threads", "max |diff|",
+                      "first call s", title=f"{key} ({what}): median of {s['repeats']} calls after {s['warmup'] + 1} "
+                      f"warm-up; inputs: {s['inputs'][key]}", title_justify="left")
+        for i, r in enumerate(report[key]["rows"]):
+            if i and r["backend"] != report[key]["rows"][i - 1]["backend"]:
+                table.add_section()
+            diff = "-" if r["max_abs_diff"] is None else f"{r['max_abs_diff']:.1e}"
+            if r["status"] == "ok":
+                table.add_row(r["backend"], str(r["batch_size"]), f"{r['median_s'] * 1e3:.3f}",
+                              f"{r['p10_s'] * 1e3:.3f}-{r['p90_s'] * 1e3:.3f}", f"{r['samples_per_s']:,.0f}",
+                              _text(r["threads"]), diff, f"{r['first_call_s']:.3f}")
+            else:
+                table.add_row(r["backend"], str(r["batch_size"]), "[red]WRONG[/]", "", "", _text(r["threads"]),
+                              f"[red]{diff} > {r['tolerance']:g}[/]", "")
+        console.print(table)
+        _print_skipped(report[key]["skipped"], console)
+    table = Table("preset", "device", "batch", "images/s", "p10-p90 images/s", "ms/step", "threads", "data",
+                  title=f"train: median of {TRAIN_BLOCKS} blocks of {s['train_steps']} steps after one warm-up block",
+                  title_justify="left")
+    for r in report["train"]["rows"]:
+        table.add_row(r["preset"], r["device"], str(r["batch_size"]), f"{r['images_per_s']:,.0f}",
+                      f"{r['images_per_s_p10']:,.0f}-{r['images_per_s_p90']:,.0f}", f"{r['step_ms']:.2f}",
+                      _text(r["threads"]), r["data"])
+    console.print(table)
+    _print_skipped(report["train"]["skipped"], console)
+
+
+def _text(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def _print_skipped(skipped: dict[str, str], console: Console) -> None:
+    for name, reason in skipped.items():
+        console.print(f"  skipped {name}: {reason}", markup=False, highlight=False)
+
+
+def plot_report(report: dict[str, Any], path: Path) -> None:
+    """Throughput against batch size per backend (bars: p10-p90), and training images/s per preset."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    for ax, key in zip(axes, ROLES):
+        for name in dict.fromkeys(r["backend"] for r in report[key]["rows"]):
+            rows = [r for r in report[key]["rows"] if r["backend"] == name and r["status"] == "ok"]
+            b, rate = np.array([r["batch_size"] for r in rows]), np.array([r["samples_per_s"] for r in rows])
+            low, high = b / np.array([r["p90_s"] for r in rows]), b / np.array([r["p10_s"] for r in rows])
+            ax.errorbar(b, rate, yerr=[rate - low, high - rate], marker="o", capsize=3, label=name)
+        ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="samples/s", title=f"{key} ({report['preset']})")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    train = report["train"]["rows"]
+    axes[2].bar([f"{r['preset']}\n{r['device']}" for r in train], [r["images_per_s"] for r in train], color="tab:gray")
+    axes[2].set(ylabel="images/s", title=f"training, batch {TRAIN_BATCH}")
+    fig.suptitle(f"{report['machine']['cpu']}, GPU: {report['machine']['gpu'] or 'none'}", fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", dpi=120)
+    plt.close(fig)
