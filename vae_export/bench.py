@@ -148,8 +148,8 @@ def _backends(model: VAE, role: str, folder: Path, providers: Sequence[str],
         makers["onnxruntime-cpu"] = lambda: _runtime_backend("onnxruntime-cpu", net(onnx, "cpu"), role)
         makers["onnxruntime-cpu-session"] = lambda: _session_backend(onnx)
     if "cuda" in providers:
-        makers["eager-cuda"] = lambda: Backend("eager-cuda", "cuda", _torch_call(_on_cuda(eager), "cuda"),
-                                               lambda b: None)
+        makers["eager-cuda"] = lambda: Backend("eager-cuda", "cuda", _torch_call(
+            copy.deepcopy(eager).to("cuda"), "cuda"), lambda b: None)
         makers["onnxruntime-cuda"] = lambda: _runtime_backend("onnxruntime-cuda", net(onnx, "cuda"), role)
         makers["onnxruntime-cuda-iobinding"] = lambda: _iobinding_backend(onnx)
     backends, skipped = [], {}
@@ -173,12 +173,6 @@ def _torch_call(module: Callable, device: str) -> Callable[[np.ndarray], Call]:
             return y
         return call
     return prepare
-
-
-def _on_cuda(module: torch.nn.Module) -> torch.nn.Module:
-    if not torch.cuda.is_available():
-        raise RuntimeError("torch sees no CUDA GPU here")
-    return copy.deepcopy(module).to("cuda").eval()
 
 
 def _runtime_backend(name: str, net: runtime.Decoder | runtime.Encoder, role: str) -> Backend:
@@ -369,9 +363,9 @@ def print_report(report: dict[str, Any], console: Console) -> None:
             if r["status"] == "ok":
                 table.add_row(r["backend"], str(r["batch_size"]), f"{r['median_s'] * 1e3:.3f}",
                               f"{r['p10_s'] * 1e3:.3f}-{r['p90_s'] * 1e3:.3f}", f"{r['samples_per_s']:,.0f}",
-                              _text(r["threads"]), diff, f"{r['first_call_s']:.3f}")
+                              str(r["threads"] or "-"), diff, f"{r['first_call_s']:.3f}")
             else:
-                table.add_row(r["backend"], str(r["batch_size"]), "[red]WRONG[/]", "", "", _text(r["threads"]),
+                table.add_row(r["backend"], str(r["batch_size"]), "[red]WRONG[/]", "", "", str(r["threads"] or "-"),
                               f"[red]{diff} > {r['tolerance']:g}[/]", "")
         console.print(table)
         _print_skipped(report[key]["skipped"], console)
@@ -381,18 +375,17 @@ def print_report(report: dict[str, Any], console: Console) -> None:
     for r in report["train"]["rows"]:
         table.add_row(r["preset"], r["device"], str(r["batch_size"]), f"{r['images_per_s']:,.0f}",
                       f"{r['images_per_s_p10']:,.0f}-{r['images_per_s_p90']:,.0f}", f"{r['step_ms']:.2f}",
-                      _text(r["threads"]), r["data"])
+                      str(r["threads"] or "-"), r["data"])
     console.print(table)
     _print_skipped(report["train"]["skipped"], console)
 
 
-def _text(value: Any) -> str:
-    return "-" if value is None else str(value)
-
-
 def _print_skipped(skipped: dict[str, str], console: Console) -> None:
+    by_reason: dict[str, list[str]] = {}
     for name, reason in skipped.items():
-        console.print(f"  skipped {name}: {reason}", markup=False, highlight=False)
+        by_reason.setdefault(reason, []).append(name)
+    for reason, names in by_reason.items():
+        console.print(f"skipped {', '.join(names)}: {reason}", markup=False, highlight=False)
 
 
 def plot_report(report: dict[str, Any], path: Path) -> None:

@@ -272,6 +272,146 @@ def _parity_table(rows) -> None:
     out.print(table)
 
 
+SHIPPED = Path(__file__).resolve().parents[1] / "artifacts" / "mlp"
+
+
+class OutDtype(str, Enum):
+    float32 = "float32"
+    uint8 = "uint8"
+
+
+def _shipped(model: Optional[Path], name: str) -> Path:
+    """--model, or the model shipped in artifacts/ (so sampling works out of the box, offline)."""
+    if model is not None:
+        return model
+    if not (SHIPPED / name).is_file():
+        raise VaeExportError(f"no --model given and no shipped model at {SHIPPED / name} (run `make artifacts`)")
+    return SHIPPED / name
+
+
+@command
+def sample(
+    out_path: Annotated[Path, typer.Option("--out", help=".npy (streamed, any N) or .png (an image grid).")],
+    model: Annotated[Optional[Path], typer.Option(help="decoder.onnx [default: the shipped artifacts/mlp model].")] = None,
+    n: Annotated[int, typer.Option("-n", min=1, help="Number of samples (.png: the grid holds all of them).")] = 64,
+    batch_size: Annotated[int, typer.Option(min=1)] = 8192,
+    seed: Annotated[int, typer.Option(help="Same seed, same samples, on every provider and batch size.")] = 0,
+    provider: Annotated[Provider, typer.Option(help="cuda fails clearly if CUDA cannot really run; auto falls back.")] = Provider.cpu,
+    dtype: Annotated[OutDtype, typer.Option(help="For .npy: float32 in [0, 1], or uint8 in 0..255.")] = OutDtype.float32,
+    interpolate: Annotated[Optional[tuple[int, int]], typer.Option(help="Decode -n steps between the latents of two seeds.")] = None,
+    manifold: Annotated[bool, typer.Option(help="Decode the 30x30 quantile grid of a 2-D latent model.")] = False,
+    quiet: Quiet = False,
+):
+    """Sample images from an ONNX decoder through onnxruntime (CPU or CUDA)."""
+    from . import sampling
+    from .runtime import Decoder
+
+    sampling.check_out_path(out_path)
+    decoder = Decoder(_shipped(model, "decoder.onnx"), provider=provider.value)
+    if interpolate or manifold:
+        z = sampling.manifold(decoder) if manifold else sampling.interpolation_latents(decoder, interpolate, n)
+        sampling.decode_to_file(decoder, z, out_path, dtype.value, nrow=30 if manifold else n)
+        out.print(f"{out_path}: {len(z)} images ({'manifold' if manifold else 'interpolation'}), provider {decoder.provider}")
+        return
+    with _SampleProgress(n, quiet or n < 100_000) as progress:
+        stats = sampling.sample_to_file(decoder, out_path, n, seed=seed, batch_size=batch_size, dtype=dtype.value,
+                                        on_batch=progress.advance)
+    out.print(f"{out_path}: {n} samples, provider {stats.provider}, {stats.seconds:.2f} s, {stats.per_second:,.0f} samples/s")
+
+
+class _SampleProgress:
+    def __init__(self, total: int, disable: bool):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+        self.bar = Progress(BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err, disable=disable,
+                            transient=True)
+        self.task = self.bar.add_task("sampling", total=total)
+
+    def __enter__(self):
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.bar.__exit__(*exc)
+
+    def advance(self, k: int) -> None:
+        self.bar.advance(self.task, k)
+
+
+Images = Annotated[list[Path], typer.Argument(help="Images: .npy arrays (N, 28, 28) or (N, 1, 28, 28), float in [0, 1] or uint8; or 28x28 grayscale .png files.")]
+
+
+@command
+def encode(
+    images: Images,
+    out_path: Annotated[Path, typer.Option("--out", help=".npz with arrays mu and logvar.")],
+    model: Annotated[Optional[Path], typer.Option(help="encoder.onnx [default: the shipped artifacts/mlp model].")] = None,
+    provider: Annotated[Provider, typer.Option()] = Provider.cpu,
+):
+    """Encode images to latent means and log-variances through the ONNX encoder."""
+    import numpy as np
+
+    from .files import atomic_open
+    from .runtime import Encoder
+
+    if out_path.suffix != ".npz":
+        raise VaeExportError(f"--out must end in .npz, got {out_path.name!r}")
+    x = _read_images(images)
+    mu, logvar = Encoder(_shipped(model, "encoder.onnx"), provider=provider.value).encode(x)
+    with atomic_open(out_path) as f:
+        np.savez(f, mu=mu, logvar=logvar)
+    out.print(f"{out_path}: mu and logvar of {len(x)} images, latent_dim {mu.shape[1]}")
+
+
+@command
+def reconstruct(
+    images: Images,
+    out_path: Annotated[Path, typer.Option("--out", help=".png (originals above reconstructions) or .npy.")],
+    model_dir: Annotated[Optional[Path], typer.Option("--models", help="Folder with encoder.onnx and decoder.onnx [default: shipped].")] = None,
+    provider: Annotated[Provider, typer.Option()] = Provider.cpu,
+):
+    """Encode images and decode their latent means: x -> mu -> x' through both ONNX files."""
+    import numpy as np
+
+    from . import sampling
+    from .runtime import Decoder, Encoder
+
+    sampling.check_out_path(out_path)
+    x = _read_images(images)
+    folder = model_dir or SHIPPED
+    mu, _ = Encoder(folder / "encoder.onnx", provider=provider.value).encode(x)
+    decoder = Decoder(folder / "decoder.onnx", provider=provider.value)
+    if out_path.suffix == ".png":
+        recon = decoder.decode(mu)
+        sampling.save_png_grid(np.concatenate([x, recon]), out_path, nrow=len(x))
+    else:
+        sampling.decode_to_file(decoder, mu, out_path)
+    out.print(f"{out_path}: {len(x)} reconstructions, provider {decoder.provider}")
+
+
+def _read_images(paths: list[Path]):
+    """Images from .npy or .png files as float32 (N, 1, 28, 28) in [0, 1]; one clear error otherwise."""
+    import numpy as np
+
+    arrays = []
+    for path in paths:
+        try:
+            if path.suffix == ".png":
+                from PIL import Image
+
+                a = np.asarray(Image.open(path).convert("L"))[None]
+            else:
+                a = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise VaeExportError(f"cannot read images from {path}: {e}") from None
+        if a.dtype == np.uint8:
+            a = a.astype(np.float32) / 255
+        if a.ndim == 3:
+            a = a[:, None]
+        arrays.append(a.astype(np.float32, copy=False))
+    return np.concatenate(arrays)
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,147 @@
+"""Batched sampling to files through the ONNX decoder: numpy + onnxruntime (+ pillow for PNG), no torch.
+
+    vae-export sample -n 1000000 --batch-size 8192 --dtype uint8 --out samples.npy
+
+N may exceed memory: batches go into a memory-mapped .npy, written atomically. A worker thread draws
+latents and decodes batch i+1 while the caller's thread stores batch i; float32 output skips even
+that step, since onnxruntime writes each batch straight into its slice of the mapped file.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .errors import UsageError
+from .files import atomic_open, atomic_path
+from .latents import interpolate, manifold_latents
+from .runtime import Decoder, latent_slice
+
+DTYPES = {"float32": np.float32, "uint8": np.uint8}
+SUFFIXES = (".npy", ".png")
+
+
+@dataclass
+class SampleStats:
+    n: int
+    seconds: float
+    provider: str
+
+    @property
+    def per_second(self) -> float:
+        return self.n / self.seconds if self.seconds else float("inf")
+
+
+def check_out_path(path: Path) -> None:
+    """Refuse an output we cannot write before any work starts."""
+    if path.suffix not in SUFFIXES:
+        raise UsageError(f"--out must end in {' or '.join(SUFFIXES)}, got {path.name!r}")
+    if not path.parent.is_dir():
+        raise UsageError(f"--out folder {path.parent} does not exist")
+
+
+def sample_to_file(decoder: Decoder, path: Path, n: int, *, seed: int = 0, batch_size: int = 8192,
+                   dtype: str = "float32", on_batch: Callable[[int], None] | None = None) -> SampleStats:
+    """n samples of N(0, I) latents for `seed` (the same whatever the batch size or provider)."""
+    if n <= 0 or batch_size <= 0:
+        raise UsageError(f"-n and --batch-size must be > 0, got {n} and {batch_size}")
+    check_out_path(path)
+    t0 = time.perf_counter()
+    if path.suffix == ".png":
+        save_png_grid(decoder.sample(n, seed=seed, batch_size=batch_size), path)
+    else:
+        _stream_npy(decoder, path, n, seed, batch_size, DTYPES[dtype], on_batch)
+    return SampleStats(n, time.perf_counter() - t0, decoder.provider)
+
+
+def decode_to_file(decoder: Decoder, z: np.ndarray, path: Path, dtype: str = "float32", nrow: int | None = None) -> None:
+    """Decode given latents (an interpolation, a manifold grid) into .npy or a .png grid."""
+    check_out_path(path)
+    images = decoder.decode(z)
+    if path.suffix == ".png":
+        save_png_grid(images, path, nrow=nrow)
+    else:
+        with atomic_open(path) as f:  # a file object: np.save would append .npy to a temp path
+            np.save(f, to_dtype(images, DTYPES[dtype]), allow_pickle=False)
+
+
+def interpolation_latents(decoder: Decoder, seeds: tuple[int, int], steps: int) -> np.ndarray:
+    """From the first latent of seed A to the first latent of seed B, in `steps` points."""
+    a, b = (latent_slice(s, 0, 1, decoder.latent_dim)[0] for s in seeds)
+    return interpolate(a, b, steps)
+
+
+def manifold(decoder: Decoder, n: int = 30) -> np.ndarray:
+    if decoder.latent_dim != 2:
+        raise UsageError(f"--manifold needs a 2-D latent; {decoder.path} has latent_dim {decoder.latent_dim}")
+    return manifold_latents(n)
+
+
+def _stream_npy(decoder: Decoder, path: Path, n: int, seed: int, batch_size: int, dtype,
+                on_batch: Callable[[int], None] | None) -> None:
+    shape = decoder.image_shape
+    starts = range(0, n, batch_size)
+    with atomic_path(path) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(n, *shape))
+        # uint8: the worker decodes into one float buffer while we convert the other (ping-pong)
+        buffers = [] if dtype == np.float32 else [np.empty((batch_size, *shape), np.float32) for _ in range(2)]
+
+        def produce(k: int) -> np.ndarray:
+            i = starts[k]
+            z = decoder.latents(seed, i, min(i + batch_size, n))
+            target = out[i: i + len(z)] if dtype == np.float32 else buffers[k % 2][: len(z)]
+            return decoder.decode(z, out=target)
+
+        with ThreadPoolExecutor(max_workers=1) as worker:
+            pending = worker.submit(produce, 0)
+            for k, i in enumerate(starts):
+                images = pending.result()
+                if k + 1 < len(starts):
+                    pending = worker.submit(produce, k + 1)
+                if dtype != np.float32:
+                    to_dtype(images, dtype, out=out[i: i + len(images)])
+                if on_batch:
+                    on_batch(len(images))
+        out.flush()
+        del out
+
+
+def to_dtype(images: np.ndarray, dtype, out: np.ndarray | None = None) -> np.ndarray:
+    """float32 [0, 1] -> float32 as is, or uint8 rounded to the nearest of 0..255."""
+    if dtype == np.float32:
+        if out is None:
+            return images
+        np.copyto(out, images)
+        return out
+    scaled = np.multiply(images, 255.0, out=images)      # in place: the float buffer is ours
+    np.add(scaled, 0.5, out=scaled)
+    out = np.empty(images.shape, np.uint8) if out is None else out
+    np.copyto(out, scaled, casting="unsafe")             # truncation after +0.5 = rounding
+    return out
+
+
+def grid(images: np.ndarray, nrow: int | None = None, padding: int = 2) -> np.ndarray:
+    """(B, 1, H, W) in [0, 1] -> one (rows*(H+p)+p, cols*(W+p)+p) uint8 image, laid out like
+    torchvision's make_grid, written here in numpy so that sampling never imports torch (3 s)."""
+    b, _, h, w = images.shape
+    cols = nrow or int(np.ceil(np.sqrt(b)))
+    rows = int(np.ceil(b / cols))
+    canvas = np.zeros((rows * (h + padding) + padding, cols * (w + padding) + padding), np.uint8)
+    pixels = to_dtype(images.astype(np.float32, copy=True), np.uint8)[:, 0]
+    for k in range(b):
+        r, c = divmod(k, cols)
+        y, x = padding + r * (h + padding), padding + c * (w + padding)
+        canvas[y: y + h, x: x + w] = pixels[k]
+    return canvas
+
+
+def save_png_grid(images: np.ndarray, path: Path, nrow: int | None = None, padding: int = 2) -> None:
+    from PIL import Image
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(grid(images, nrow, padding)).save(tmp, format="PNG")
