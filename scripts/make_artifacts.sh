@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VE=.venv/bin/vae-export
-work=$(mktemp -d runs.artifacts.XXXX)
+mkdir -p runs
+work=$(mktemp -d runs/artifacts.XXXX)
 trap 'rm -rf "$work"' EXIT
 $VE train --preset mlp --epochs 10 --seed 1 --out "$work/run" --quiet
 $VE onnx "$work/run/checkpoint.pt" --out "$work/export" --quiet

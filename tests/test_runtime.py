@@ -154,3 +154,14 @@ def test_encode_and_reconstruct_cli(models, mnist_root, tmp_path):
     (tmp_path / "bad.npy").write_bytes(b"nope")
     result = runner.invoke(app, ["encode", str(tmp_path / "bad.npy"), "--out", str(tmp_path / "z2.npz")])
     assert result.exit_code == 1 and "cannot read images" in result.stderr
+
+
+def test_the_shipped_model_samples_offline_and_passes_parity(tmp_path):
+    from vae_export.parity import artifacts_in, check_parity
+
+    shipped = REPO / "artifacts" / "mlp"
+    model, _ = load_model(shipped / "checkpoint.pt")
+    assert all(r.passed for r in check_parity(model, artifacts_in(shipped)))
+    result = runner.invoke(app, ["sample", "-n", "16", "--out", str(tmp_path / "s.npy")])  # no --model: shipped
+    assert result.exit_code == 0, result.output
+    assert np.load(tmp_path / "s.npy").shape == (16, 1, 28, 28)
