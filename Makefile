@@ -28,8 +28,11 @@ test: $(STAMP)
 artifacts: $(STAMP)
 	bash scripts/make_artifacts.sh
 
+# The figures in docs/benchmarks.md and the closing notes; run on a quiet machine.
 bench: $(STAMP)
 	$(PY) benchmarks/train_speed.py
+	$(PY) benchmarks/sample_speed.py
+	.venv/bin/vae-export bench --out runs/bench.json --plot runs/bench.png
 
 clean:
 	rm -rf .venv build *.egg-info runs

@@ -84,7 +84,8 @@ def run_bench(checkpoint: Path, batch_sizes: Sequence[int] = (1, 64, 1024, 8192)
     load_start = os.getloadavg()[0]
     model, state = load_model(checkpoint)
     top = max(batch_sizes)
-    images, source = _images(state.get("settings", {}).get("dataset", "mnist"), False, top, data_dir)
+    images, source = _images(state.get("settings", {}).get("dataset", "mnist"), False, top, data_dir,
+                             model.config.image_shape)
     inputs = {"decoder": runtime.latent_slice(0, 0, top, model.config.latent_dim), "encoder": images.numpy()}
     report: dict[str, Any] = {
         "checkpoint": str(checkpoint), "preset": model.config.preset, "latent_dim": model.config.latent_dim,
@@ -317,14 +318,17 @@ def _train_speed(config: VAEConfig, dev: torch.device, images: torch.Tensor, ste
             "step_ms": 1e3 * TRAIN_BATCH / median, "threads": torch.get_num_threads() if dev.type == "cpu" else None}
 
 
-def _images(dataset: str, train: bool, n: int, data_dir: str | Path | None) -> tuple[torch.Tensor, str]:
+def _images(dataset: str, train: bool, n: int, data_dir: str | Path | None,
+            shape: tuple[int, ...] = (1, 28, 28)) -> tuple[torch.Tensor, str]:
     """n float images in [0, 1] from the dataset (repeated if it has fewer), else uniform noise."""
     from training.data import load_images, resolve_data_dir, to_float
 
     try:
         x = load_images(dataset, resolve_data_dir(data_dir), train=train, download=False)
+        if x.shape[1:] != shape:
+            raise ValueError(f"{dataset} images are {tuple(x.shape[1:])}, the model takes {shape}")
     except Exception:  # noqa: BLE001 - no data here: time on noise, and say so in the report
-        return torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(0)), f"uniform noise (no {dataset})"
+        return torch.rand(n, *shape, generator=torch.Generator().manual_seed(0)), f"uniform noise (no {dataset})"
     return to_float(x[torch.arange(n) % len(x)]), f"{dataset} {'train' if train else 'test'} images"
 
 
@@ -376,7 +380,8 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         table.add_row(r["preset"], r["device"], str(r["batch_size"]), f"{r['images_per_s']:,.0f}",
                       f"{r['images_per_s_p10']:,.0f}-{r['images_per_s_p90']:,.0f}", f"{r['step_ms']:.2f}",
                       str(r["threads"] or "-"), r["data"])
-    console.print(table)
+    if table.rows:
+        console.print(table)
     _print_skipped(report["train"]["skipped"], console)
 
 

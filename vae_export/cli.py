@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import sys
-import time
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Callable, Optional
@@ -29,6 +28,8 @@ Preset = Enum("Preset", {name.replace("-", "_"): name for name in PRESETS}, type
 
 
 class Device(str, Enum):
+    """Where to run: training (--device) and onnxruntime (--provider) alike."""
+
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
@@ -95,13 +96,14 @@ def train(
     from training.train import TrainSettings, train as run_training  # torch loads only for commands that need it
 
     from .config import make_config
+    from .progress import TrainProgress
 
     config = make_config(preset.value, latent_dim=latent_dim, beta=beta,
                          likelihood=likelihood.value if likelihood else None)
     settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, dataset=dataset.value,
                              patience=patience, limit=limit)
     out_dir = out_dir or Path("runs") / preset.value
-    progress = _TrainProgress(epochs, quiet)
+    progress = TrainProgress(err, epochs, quiet)
     with progress:
         metrics = run_training(config, settings, out_dir, data_dir=data_dir, device=device.value, resume=resume,
                                on_batch=progress.batch, on_epoch=progress.epoch)
@@ -112,48 +114,6 @@ def train(
               f"(recon {last['test_recon']:.2f}, KL {last['test_kl']:.2f}), {sum(m['seconds'] for m in metrics):.1f} s training")
     if not quiet:
         err.print(f"next: vae-export onnx {out_dir / 'checkpoint.pt'} --out {out_dir / 'export'}")
-
-
-class _TrainProgress:
-    """A rich progress bar on stderr (epoch, batch, loss, samples/s) and one line per epoch."""
-
-    def __init__(self, epochs: int, quiet: bool):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.epochs, self.quiet, self.task, self.t0 = epochs, quiet, None, 0.0
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("loss {task.fields[loss]:.2f}  {task.fields[rate]:,.0f} img/s"),
-                            TimeRemainingColumn(), console=err, disable=quiet, transient=True)
-
-    def __enter__(self):
-        self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self.bar.__exit__(*exc)
-
-    def batch(self, p) -> None:  # p: training.train.BatchProgress
-        if self.task is None:
-            self.t0 = time.perf_counter()
-            self.task = self.bar.add_task("", total=p.batches, loss=p.loss, rate=0.0)
-        rate = p.images / max(time.perf_counter() - self.t0, 1e-9)
-        self.bar.update(self.task, completed=p.batch, loss=p.loss, rate=rate,
-                        description=f"epoch {p.epoch}/{self.epochs}")
-
-    def epoch(self, m: dict) -> None:
-        if self.task is not None:
-            self.bar.remove_task(self.task)
-            self.task = None
-        if not self.quiet:
-            err.print(f"epoch {m['epoch']:>3}/{self.epochs}  train {m['train_loss']:8.2f}  test {m['test_loss']:8.2f} "
-                      f"(recon {m['test_recon']:.2f}, KL {m['test_kl']:.2f})  {m['seconds']:.1f} s  "
-                      f"{m['train_samples_per_s']:,.0f} img/s")
-
-
-class Provider(str, Enum):
-    cpu = "cpu"
-    cuda = "cuda"
-    auto = "auto"
 
 
 class ParityProvider(str, Enum):
@@ -241,15 +201,16 @@ def parity(
 def _parity(check, quiet: bool, report: Path | None = None):
     """Run a parity check; print its table (all rows, or only the failing ones when quiet) and raise on failure."""
     from .errors import ParityError
+    from .parity import print_table
 
     try:
         rows = check()
     except ParityError as e:
-        _parity_table([r for r in e.rows if not r.passed] if quiet else e.rows)
+        print_table([r for r in e.rows if not r.passed] if quiet else e.rows, out)
         _write_report(report, e.rows)
         raise
     if not quiet:
-        _parity_table(rows)
+        print_table(rows, out)
     _write_report(report, rows)
     return rows
 
@@ -259,17 +220,6 @@ def _write_report(report: Path | None, rows) -> None:
         from .export import write_json
 
         write_json(report, [r.as_dict() for r in rows])
-
-
-def _parity_table(rows) -> None:
-    from rich.table import Table
-
-    table = Table("artifact", "backend", "inputs", "batch", "output", "max abs", "mean abs", "max rel", "atol", "rtol",
-                  "result", title="parity against eager PyTorch (float32)", title_justify="left")
-    for r in rows:
-        table.add_row(r.artifact, r.backend, r.inputs, str(r.batch_size), r.output, f"{r.max_abs:.1e}", f"{r.mean_abs:.1e}",
-                      f"{r.max_rel:.1e}", f"{r.atol:g}", f"{r.rtol:g}", "[green]pass[/]" if r.passed else "[red]FAIL[/]")
-    out.print(table)
 
 
 SHIPPED = Path(__file__).resolve().parents[1] / "artifacts" / "mlp"
@@ -296,7 +246,7 @@ def sample(
     n: Annotated[int, typer.Option("-n", min=1, help="Number of samples (.png: the grid holds all of them).")] = 64,
     batch_size: Annotated[int, typer.Option(min=1)] = 8192,
     seed: Annotated[int, typer.Option(help="Same seed, same samples, on every provider and batch size.")] = 0,
-    provider: Annotated[Provider, typer.Option(help="cuda fails clearly if CUDA cannot really run; auto falls back.")] = Provider.cpu,
+    provider: Annotated[Device, typer.Option(help="cuda fails clearly if CUDA cannot really run; auto falls back.")] = Device.cpu,
     dtype: Annotated[OutDtype, typer.Option(help="For .npy: float32 in [0, 1], or uint8 in 0..255.")] = OutDtype.float32,
     interpolate: Annotated[Optional[tuple[int, int]], typer.Option(help="Decode -n steps between the latents of two seeds.")] = None,
     manifold: Annotated[bool, typer.Option(help="Decode the 30x30 quantile grid of a 2-D latent model.")] = False,
@@ -304,6 +254,7 @@ def sample(
 ):
     """Sample images from an ONNX decoder through onnxruntime (CPU or CUDA)."""
     from . import sampling
+    from .progress import SampleProgress
     from .runtime import Decoder
 
     sampling.check_out_path(out_path)
@@ -313,29 +264,10 @@ def sample(
         sampling.decode_to_file(decoder, z, out_path, dtype.value, nrow=30 if manifold else n)
         out.print(f"{out_path}: {len(z)} images ({'manifold' if manifold else 'interpolation'}), provider {decoder.provider}")
         return
-    with _SampleProgress(n, quiet or n < 100_000) as progress:
+    with SampleProgress(err, n, disable=quiet or n < 100_000) as progress:
         stats = sampling.sample_to_file(decoder, out_path, n, seed=seed, batch_size=batch_size, dtype=dtype.value,
                                         on_batch=progress.advance)
     out.print(f"{out_path}: {n} samples, provider {stats.provider}, {stats.seconds:.2f} s, {stats.per_second:,.0f} samples/s")
-
-
-class _SampleProgress:
-    def __init__(self, total: int, disable: bool):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-        self.bar = Progress(BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err, disable=disable,
-                            transient=True)
-        self.task = self.bar.add_task("sampling", total=total)
-
-    def __enter__(self):
-        self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self.bar.__exit__(*exc)
-
-    def advance(self, k: int) -> None:
-        self.bar.advance(self.task, k)
 
 
 Images = Annotated[list[Path], typer.Argument(help="Images: .npy arrays (N, 28, 28) or (N, 1, 28, 28), float in [0, 1] or uint8; or 28x28 grayscale .png files.")]
@@ -346,17 +278,18 @@ def encode(
     images: Images,
     out_path: Annotated[Path, typer.Option("--out", help=".npz with arrays mu and logvar.")],
     model: Annotated[Optional[Path], typer.Option(help="encoder.onnx [default: the shipped artifacts/mlp model].")] = None,
-    provider: Annotated[Provider, typer.Option()] = Provider.cpu,
+    provider: Annotated[Device, typer.Option()] = Device.cpu,
 ):
     """Encode images to latent means and log-variances through the ONNX encoder."""
     import numpy as np
 
     from .files import atomic_open
     from .runtime import Encoder
+    from .sampling import read_images
 
     if out_path.suffix != ".npz":
         raise VaeExportError(f"--out must end in .npz, got {out_path.name!r}")
-    x = _read_images(images)
+    x = read_images(images)
     mu, logvar = Encoder(_shipped(model, "encoder.onnx"), provider=provider.value).encode(x)
     with atomic_open(out_path) as f:
         np.savez(f, mu=mu, logvar=logvar)
@@ -368,7 +301,7 @@ def reconstruct(
     images: Images,
     out_path: Annotated[Path, typer.Option("--out", help=".png (originals above reconstructions) or .npy.")],
     model_dir: Annotated[Optional[Path], typer.Option("--models", help="Folder with encoder.onnx and decoder.onnx [default: shipped].")] = None,
-    provider: Annotated[Provider, typer.Option()] = Provider.cpu,
+    provider: Annotated[Device, typer.Option()] = Device.cpu,
 ):
     """Encode images and decode their latent means: x -> mu -> x' through both ONNX files."""
     import numpy as np
@@ -377,7 +310,7 @@ def reconstruct(
     from .runtime import Decoder, Encoder
 
     sampling.check_out_path(out_path)
-    x = _read_images(images)
+    x = sampling.read_images(images)
     folder = model_dir or SHIPPED
     mu, _ = Encoder(folder / "encoder.onnx", provider=provider.value).encode(x)
     decoder = Decoder(folder / "decoder.onnx", provider=provider.value)
@@ -387,29 +320,6 @@ def reconstruct(
     else:
         sampling.decode_to_file(decoder, mu, out_path)
     out.print(f"{out_path}: {len(x)} reconstructions, provider {decoder.provider}")
-
-
-def _read_images(paths: list[Path]):
-    """Images from .npy or .png files as float32 (N, 1, 28, 28) in [0, 1]; one clear error otherwise."""
-    import numpy as np
-
-    arrays = []
-    for path in paths:
-        try:
-            if path.suffix == ".png":
-                from PIL import Image
-
-                a = np.asarray(Image.open(path).convert("L"))[None]
-            else:
-                a = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise VaeExportError(f"cannot read images from {path}: {e}") from None
-        if a.dtype == np.uint8:
-            a = a.astype(np.float32) / 255
-        if a.ndim == 3:
-            a = a[:, None]
-        arrays.append(a.astype(np.float32, copy=False))
-    return np.concatenate(arrays)
 
 
 @command

@@ -193,3 +193,15 @@ def real_images(dataset: str, data_dir: str | Path | None = None, n: int = 1000)
     except Exception:  # noqa: BLE001 - no data here: parity still runs on random inputs
         return None
     return x.float().div(255).numpy()
+
+
+def print_table(rows: list[Row], console) -> None:
+    """One line per check: artifact, backend, inputs, batch size, output, errors, tolerances, result."""
+    from rich.table import Table
+
+    table = Table("artifact", "backend", "inputs", "batch", "output", "max abs", "mean abs", "max rel", "atol", "rtol",
+                  "result", title="parity against eager PyTorch (float32)", title_justify="left")
+    for r in rows:
+        table.add_row(r.artifact, r.backend, r.inputs, str(r.batch_size), r.output, f"{r.max_abs:.1e}", f"{r.mean_abs:.1e}",
+                      f"{r.max_rel:.1e}", f"{r.atol:g}", f"{r.rtol:g}", "[green]pass[/]" if r.passed else "[red]FAIL[/]")
+    console.print(table)

@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import UsageError
+from .errors import UsageError, VaeExportError
 from .files import atomic_open, atomic_path
 from .latents import interpolate, manifold_latents
 from .runtime import Decoder, latent_slice
@@ -145,3 +145,23 @@ def save_png_grid(images: np.ndarray, path: Path, nrow: int | None = None, paddi
 
     with atomic_path(path) as tmp:
         Image.fromarray(grid(images, nrow, padding)).save(tmp, format="PNG")
+
+
+def read_images(paths: list[Path]) -> np.ndarray:
+    """Images from .npy arrays ((N, H, W) or (N, 1, H, W), float in [0, 1] or uint8) or grayscale .png
+    files, as float32 (N, 1, H, W) in [0, 1]. The encoder validates the shape."""
+    arrays = []
+    for path in paths:
+        try:
+            if path.suffix == ".png":
+                from PIL import Image
+
+                a = np.asarray(Image.open(path).convert("L"))[None]
+            else:
+                a = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise VaeExportError(f"cannot read images from {path}: {e}") from None
+        if a.dtype == np.uint8:
+            a = a.astype(np.float32) / 255
+        arrays.append(a[:, None] if a.ndim == 3 else a)
+    return np.concatenate(arrays).astype(np.float32, copy=False)
