@@ -8,8 +8,7 @@ The report (`run_bench`'s return value, plain JSON types):
   checkpoint, preset, latent_dim
   machine    cpu (/proc/cpuinfo), logical_cpus, usable_cpus, gpu (or null), python, platform, torch, onnxruntime,
              numpy, onnxruntime_providers, load_average_start/_end (1-minute load: how busy the machine was)
-  threads    torch, torch_interop, onnxruntime (intra-op threads of the runtime's session; it runs batches
-             below small_batch_below on a 1-thread twin: onnxruntime_small_batch)
+  threads    torch, torch_interop, onnxruntime (intra-op threads of the runtime's session)
   settings   batch_sizes, repeats, warmup, providers, compile, train_steps, inputs (what was fed)
   decode, encode  {"rows": [...], "skipped": {backend: one-line reason}}, a row per (backend, batch size):
              backend, device, batch_size, threads, tolerance, max_abs_diff (against eager; null if shapes
@@ -91,8 +90,7 @@ def run_bench(checkpoint: Path, batch_sizes: Sequence[int] = (1, 64, 1024, 8192)
         "checkpoint": str(checkpoint), "preset": model.config.preset, "latent_dim": model.config.latent_dim,
         "machine": {**machine(), "load_average_start": load_start},
         "threads": {"torch": torch.get_num_threads(), "torch_interop": torch.get_num_interop_threads(),
-                    "onnxruntime": runtime.physical_cores(), "onnxruntime_small_batch": 1,
-                    "small_batch_below": runtime.SMALL_BATCH},
+                    "onnxruntime": runtime.physical_cores()},
         "settings": {"batch_sizes": list(batch_sizes), "repeats": repeats, "warmup": WARMUP,
                      "providers": list(providers), "compile": compile, "train_steps": train_steps,
                      "inputs": {"decode": "N(0, I) latents, seed 0", "encode": source}},
@@ -182,12 +180,11 @@ def _runtime_backend(name: str, net: runtime.Decoder | runtime.Encoder, role: st
     threads = net.session.get_session_options().intra_op_num_threads
     on_cpu = net.provider == runtime.PROVIDERS["cpu"]
     return Backend(name, "cpu" if on_cpu else "cuda", lambda x: lambda: run(x),
-                   lambda b: (1 if b < runtime.SMALL_BATCH else threads) if on_cpu else None)
+                   lambda b: threads if on_cpu else None)
 
 
 def _session_backend(path: Path) -> Backend:
-    """One bare multi-threaded session at every batch size: what the runtime's input checks and its
-    one-thread session for small batches cost or save."""
+    """One bare multi-threaded session at every batch size: what the runtime's input checks cost."""
     session = runtime.open_session(path.read_bytes(), "cpu")
     name, threads = session.get_inputs()[0].name, session.get_session_options().intra_op_num_threads
     return Backend("onnxruntime-cpu-session", "cpu", lambda x: lambda: session.run(None, {name: x}), lambda b: threads)
@@ -354,8 +351,7 @@ def print_report(report: dict[str, Any], console: Console) -> None:
     console.print(f"{report['preset']} checkpoint {report['checkpoint']}\n{m['cpu']}, {m['usable_cpus']} of "
                   f"{m['logical_cpus']} CPUs usable, GPU: {m['gpu'] or 'none'}, load average "
                   f"{m['load_average_start']:.2f} -> {m['load_average_end']:.2f}\ntorch {m['torch']} "
-                  f"({t['torch']} threads), onnxruntime {m['onnxruntime']} ({t['onnxruntime']} threads, 1 below "
-                  f"batch {t['small_batch_below']})", markup=False)
+                  f"({t['torch']} threads), onnxruntime {m['onnxruntime']} ({t['onnxruntime']} threads)", markup=False)
     for key, what in (("decode", "latents -> images"), ("encode", "images -> (mu, logvar)")):
         table = Table("backend", "batch", "median ms", "p10-p90 ms", "samples/s", "threads", "max |diff|",
                       "first call s", title=f"{key} ({what}), {s['inputs'][key]}: median of {s['repeats']} "
