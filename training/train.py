@@ -74,7 +74,7 @@ OnEpoch = Callable[[dict[str, Any]], None]       # the epoch's metrics
 
 
 @dataclass
-class _Run:
+class Run:
     """Everything a checkpoint saves and --resume restores, so a resumed run matches an unbroken one."""
 
     config: VAEConfig
@@ -88,7 +88,7 @@ class _Run:
     bad_epochs: int = 0
 
     @classmethod
-    def start(cls, config: VAEConfig, settings: TrainSettings, dev: torch.device) -> _Run:
+    def start(cls, config: VAEConfig, settings: TrainSettings, dev: torch.device) -> Run:
         torch.manual_seed(settings.seed)
         # oneDNN's convolutions run ~25% faster on NHWC weights: no layout reorders in every call
         layout = torch.channels_last if config.arch == "conv" else torch.contiguous_format
@@ -99,7 +99,7 @@ class _Run:
                    torch.Generator(device=dev).manual_seed(settings.seed + 1))
 
     @classmethod
-    def resume(cls, state: dict[str, Any], epochs: int, dev: torch.device) -> _Run:
+    def resume(cls, state: dict[str, Any], epochs: int, dev: torch.device) -> Run:
         settings = dataclasses.replace(TrainSettings(**state["settings"]), epochs=epochs)
         run = cls.start(VAEConfig.from_dict(state["config"]), settings, dev)
         run.model.load_state_dict(state["model"])
@@ -135,11 +135,11 @@ def train(config: VAEConfig, settings: TrainSettings, out: str | Path, *, data_d
     out = writable_dir(out)
     dev = pick_device(device)
     if resume:
-        run = _Run.resume(load_checkpoint(out / CHECKPOINT), settings.epochs, dev)
+        run = Run.resume(load_checkpoint(out / CHECKPOINT), settings.epochs, dev)
     elif (out / CHECKPOINT).exists():
         raise UsageError(f"{out / CHECKPOINT} already exists: pass --resume to continue it, or choose another --out")
     else:
-        run = _Run.start(config, settings, dev)
+        run = Run.start(config, settings, dev)
     settings = run.settings
 
     root = resolve_data_dir(data_dir)
@@ -151,7 +151,7 @@ def train(config: VAEConfig, settings: TrainSettings, out: str | Path, *, data_d
             if settings.patience is not None and run.bad_epochs >= settings.patience:
                 break
             t0 = time.perf_counter()
-            train_loss = _train_epoch(run, epoch, train_x, on_batch)
+            train_loss = train_epoch(run, epoch, train_x, on_batch)
             train_seconds = time.perf_counter() - t0
             test = evaluate(run.model, test_x, settings.eval_batch_size, seed=settings.seed)
             m = {"epoch": epoch, "train_loss": train_loss, **test, "seconds": round(time.perf_counter() - t0, 3),
@@ -172,7 +172,7 @@ def train(config: VAEConfig, settings: TrainSettings, out: str | Path, *, data_d
     return run.metrics
 
 
-def _train_epoch(run: _Run, epoch: int, x_all: torch.Tensor, on_batch: OnBatch | None) -> float:
+def train_epoch(run: Run, epoch: int, x_all: torch.Tensor, on_batch: OnBatch | None) -> float:
     """One pass over the shuffled data; returns the mean loss per image (nats). The loss is summed
     over the batch before backward, as in pytorch/examples (Adam makes the scale immaterial)."""
     model, optimizer = run.model.train(), run.optimizer

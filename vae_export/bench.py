@@ -45,7 +45,7 @@ from .config import PRESETS, VAEConfig
 from .errors import UsageError
 from .export import SPECS, export_onnx, export_torchscript
 from .files import atomic_path
-from .model import VAE, elbo_terms
+from .model import VAE
 
 WARMUP = 3            # untimed calls per (backend, batch size), after the first call that is checked
 TRAIN_BATCH = 128     # training.train's default
@@ -290,25 +290,20 @@ def bench_training(providers: Sequence[str] = ("cpu", "cuda"), steps: int = 10, 
 
 
 def _train_speed(config: VAEConfig, dev: torch.device, images: torch.Tensor, steps: int) -> dict[str, Any]:
-    torch.manual_seed(0)
-    model = VAE(config).to(dev).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
-    x_all, noise = images.to(dev), torch.Generator(device=dev).manual_seed(1)
-    index = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(0)).to(dev)
+    """Time training.train's own epoch function on blocks of `steps` batches: the exact step that
+    `vae-export train` runs (model layout, fused Adam, loss, host syncs), not a copy of it."""
+    from training.train import Run, TrainSettings, train_epoch
+
+    run = Run.start(config, TrainSettings(batch_size=TRAIN_BATCH, seed=0), dev)
+    x_all, block = images.to(dev), steps * TRAIN_BATCH
     seconds = []
-    for block in index.split(steps * TRAIN_BATCH):
+    for k, start in enumerate(range(0, len(x_all) - block + 1, block)):
         t0 = time.perf_counter()
-        for idx in block.split(TRAIN_BATCH):
-            x = x_all[idx]
-            logits, mu, logvar = model(x, noise)
-            recon, kl = elbo_terms(logits, x, mu, logvar, config.likelihood)
-            optimizer.zero_grad(set_to_none=True)
-            (recon + config.beta * kl).backward()
-            optimizer.step()
+        train_epoch(run, k + 1, x_all[start: start + block], None)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         seconds.append(time.perf_counter() - t0)
-    rates = [steps * TRAIN_BATCH / s for s in seconds[1:]]          # the first block is warm-up
+    rates = [block / s for s in seconds[1:]]                        # the first block is warm-up
     p10, median, p90 = (float(v) for v in np.percentile(rates, [10, 50, 90]))
     return {"preset": config.preset, "device": dev.type, "batch_size": TRAIN_BATCH, "steps": steps,
             "blocks": len(rates), "images_per_s": median, "images_per_s_p10": p10, "images_per_s_p90": p90,
