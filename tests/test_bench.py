@@ -13,7 +13,8 @@ import torch
 from rich.console import Console
 
 from vae_export import runtime
-from vae_export.bench import TOLERANCES, plot_report, print_report, run_bench
+from vae_export.bench import TOLERANCES, run_bench
+from vae_export.bench_report import plot_report, print_report
 from vae_export.config import PRESETS
 from vae_export.errors import UsageError
 

@@ -337,7 +337,8 @@ def bench(
 ):
     """Decode/encode latency and throughput per backend (eager, TorchScript, torch.compile, ONNX Runtime
     CPU/CUDA), every output checked against eager first; training throughput per preset."""
-    from .bench import plot_report, print_report, run_bench
+    from .bench import run_bench
+    from .bench_report import plot_report, print_report
     from .export import write_json
 
     try:
