@@ -23,6 +23,7 @@ demo: $(STAMP)
 	bash scripts/demo.sh
 
 test: $(STAMP)
+	.venv/bin/ruff check vae_export training tests benchmarks examples
 	$(PY) -m pytest -q
 
 artifacts: $(STAMP)

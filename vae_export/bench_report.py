@@ -9,7 +9,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from .bench import TRAIN_BATCH, TRAIN_BLOCKS
+from .bench import ROLES, TRAIN_BATCH, TRAIN_BLOCKS
 from .files import atomic_path
 
 

@@ -19,7 +19,7 @@ import onnx
 import torch
 
 from . import runtime
-from .errors import ArtifactError, ParityError, ProviderUnavailable
+from .errors import ArtifactError, ParityError
 from .export import FORMATS, SPECS, TORCHSCRIPT_EXTRA
 from .model import VAE
 

@@ -107,8 +107,7 @@ def _stream_npy(decoder: Decoder, path: Path, n: int, seed: int, batch_size: int
                     to_dtype(images, dtype, out=out[i: i + len(images)])
                 if on_batch:
                     on_batch(len(images))
-        out.flush()
-        del out
+        out.flush()  # the mapping itself closes when `out` goes out of scope
 
 
 def to_dtype(images: np.ndarray, dtype, out: np.ndarray | None = None) -> np.ndarray:
