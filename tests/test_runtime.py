@@ -73,6 +73,20 @@ def test_decoder_validates_its_file_and_inputs(models):
     assert mu.shape == logvar.shape == (2, 20)
 
 
+def test_metadata_that_contradicts_the_graph_is_refused(models, tmp_path):
+    import json
+
+    import onnx
+
+    proto = onnx.load(str(models["mlp"] / "decoder.onnx"))
+    for prop in proto.metadata_props:
+        if prop.key == "latent_dim":
+            prop.value = json.dumps(16)
+    onnx.save(proto, str(tmp_path / "decoder.onnx"))
+    with pytest.raises(ArtifactError, match="metadata promises"):
+        runtime.Decoder(tmp_path / "decoder.onnx")
+
+
 def test_cuda_is_refused_clearly_where_it_cannot_run(models):
     if "CUDAExecutionProvider" in runtime.ort.get_available_providers():
         pytest.skip("this machine has the CUDA provider")

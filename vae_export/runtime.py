@@ -105,10 +105,11 @@ class _Model:
         for value in [*self.session.get_inputs(), *self.session.get_outputs()]:
             if value.type != "tensor(float)":
                 raise ArtifactError(f"{self.path}: {value.name} is {value.type}, expected tensor(float)")
-        rank = 2 if self.role == "decoder" else 1 + len(self.metadata["image_shape"])
-        if len(self.session.get_inputs()[0].shape) != rank:
-            raise ArtifactError(f"{self.path}: input {self.inputs[0]} has rank "
-                                f"{len(self.session.get_inputs()[0].shape)}, expected {rank}")
+        want = [self.metadata["latent_dim"]] if self.role == "decoder" else self.metadata["image_shape"]
+        got = self.session.get_inputs()[0].shape
+        if len(got) != 1 + len(want) or list(got[1:]) != list(want):
+            raise ArtifactError(f"{self.path}: input {self.inputs[0]} has shape {got}, but its metadata "
+                                f"promises (batch_size, {', '.join(map(str, want))})")
 
     def _validated(self, x: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
         x = np.asarray(x)
@@ -231,4 +232,7 @@ def _metadata(session_or_path, path: Path) -> dict[str, Any]:
         raise ArtifactError(f"{path}: metadata is not JSON; was it written by vae-export?") from None
     if meta.get("producer") != "vae-export":
         raise ArtifactError(f"{path} has no vae-export metadata (producer {meta.get('producer')!r})")
+    missing = [k for k in ("role", "latent_dim", "image_shape") if k not in meta]
+    if missing:
+        raise ArtifactError(f"{path}: metadata lacks {', '.join(missing)}")
     return meta
