@@ -42,9 +42,6 @@ class ExportSpec:
     module: Callable[[VAE], nn.Module]
     example: Callable[[VAEConfig, int, torch.Generator], torch.Tensor]  # (config, batch, rng) -> input
 
-    def input_shape(self, config: VAEConfig) -> tuple[int, ...]:
-        return (config.latent_dim,) if self.role == "decoder" else config.image_shape
-
     def output_shapes(self, config: VAEConfig) -> dict[str, tuple[int, ...]]:
         if self.role == "decoder":
             return {"sample": config.image_shape}
