@@ -90,10 +90,10 @@ class Run:
     @classmethod
     def start(cls, config: VAEConfig, settings: TrainSettings, dev: torch.device) -> Run:
         torch.manual_seed(settings.seed)
-        # oneDNN's convolutions run ~25% faster on NHWC weights: no layout reorders in every call
+        # oneDNN's convolutions run faster on NHWC weights: no layout reorders in every call
         layout = torch.channels_last if config.arch == "conv" else torch.contiguous_format
         model = VAE(config).to(dev, memory_format=layout)
-        # fused: one kernel for all parameters, ~3x faster steps than the per-tensor default on CPU
+        # fused: one kernel for all parameters, several times faster than the per-tensor default on CPU
         optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, fused=True)
         return cls(config, settings, model, optimizer, torch.Generator().manual_seed(settings.seed),
                    torch.Generator(device=dev).manual_seed(settings.seed + 1))
@@ -128,7 +128,7 @@ def train(config: VAEConfig, settings: TrainSettings, out: str | Path, *, data_d
     `settings.epochs` (the total to reach) is taken from the caller. Returns every epoch's metrics.
     """
     # As the model grows confident that MNIST's border pixels are black, their logits sink below -87 and
-    # sigmoid gradients turn denormal, which the CPU handles ~100x slower (epochs slowed 2.6 -> 3.4 s).
+    # sigmoid gradients turn denormal, which the CPU handles far slower (each epoch was slower than the last).
     # Flushing them to zero changes no result at float32 precision. Set before any tensor work, so
     # that OpenMP's worker threads, created later, inherit it (the flag is per thread).
     torch.set_flush_denormal(True)
@@ -167,7 +167,7 @@ def train(config: VAEConfig, settings: TrainSettings, out: str | Path, *, data_d
             if on_epoch:
                 on_epoch(m)
     finally:
-        if run.metrics:  # once per run, also after Ctrl-C or divergence: matplotlib costs ~0.25 s a figure
+        if run.metrics:  # once per run, also after Ctrl-C or divergence: a matplotlib figure is slow to draw
             plots.save_loss_curve(run.metrics, out / "loss.png")
     return run.metrics
 

@@ -20,7 +20,7 @@ import onnxruntime as ort
 from .errors import ArtifactError, ProviderUnavailable, UsageError
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
-MAX_MODEL_BYTES = 256 * 2**20       # our largest model is ~30 MB; refuse anything absurd before parsing it
+MAX_MODEL_BYTES = 256 * 2**20       # our models are 1-2 MB; refuse anything absurd before parsing it
 BOUND_BATCH = 64                    # up to this batch, decode through a reused IO binding (see Decoder)
 LATENT_CHUNK = 4096                 # latents come in fixed chunks, so samples do not depend on batch size
 GPU_HELP = ("install GPU support with `make install-gpu` (swaps onnxruntime for onnxruntime-gpu; "
@@ -37,8 +37,8 @@ def session_options(threads: int) -> ort.SessionOptions:
     """Options chosen on purpose:
     - all graph optimizations (Gemm+activation fusion, constant folding): the graphs are plain ops;
     - intra-op threads = cores, even for batch 1: there a decode is bound by reading the weights
-      (1.3 MB for mlp), and two cores read them from two L2 caches (measured: 43 us on 2 threads,
-      69 us on 1); one inter-op thread and sequential execution, since the graphs are chains;
+      (1.3 MB for mlp), and two cores read them from two L2 caches, faster than one core from one;
+      one inter-op thread and sequential execution, since the graphs are chains;
     - no spinning: idle pool threads otherwise busy-wait after each run, stealing the cores that
       the caller (writing the last batch, or a training job) needs.
     """
@@ -156,7 +156,7 @@ class Decoder(_Model):
         if out is None and self.provider == PROVIDERS["cpu"]:
             if len(z) <= BOUND_BATCH:
                 return self._run_bound(z)
-            return session.run(["sample"], {"latent_sample": z})[0]  # naming outputs saves ~6 us a call
+            return session.run(["sample"], {"latent_sample": z})[0]  # named outputs: a little less work per call
         binding = session.io_binding()  # CUDA: one copy in, one out; CPU: write into the caller's buffer
         binding.bind_cpu_input("latent_sample", z)
         if out is not None and self.provider == PROVIDERS["cpu"]:
