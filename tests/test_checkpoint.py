@@ -44,3 +44,4 @@ def test_refuses_missing_corrupt_foreign_and_malicious(tmp_path):
     save_checkpoint(tmp_path / "mismatch.pt", {"config": make_config("mlp-small").to_dict(), "model": vae.state_dict()})
     with pytest.raises(CheckpointError, match="does not match"):
         load_model(tmp_path / "mismatch.pt")
+

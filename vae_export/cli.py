@@ -139,8 +139,9 @@ def onnx(
     """Export encoder.onnx and decoder.onnx (+ decoder.json sidecar), then prove parity with eager."""
     from .export import export_decoder_variants, export_onnx
 
-    _export(checkpoint, out_dir, lambda model, state, sha: export_onnx(model, state, sha, out_dir, opset)
-            + export_decoder_variants(out_dir, fp16=fp16, int8=int8), data_dir, quiet, "sample --model")
+    _export(checkpoint, out_dir, lambda model, state, sha, folder: export_onnx(model, state, sha, folder, opset)
+            + export_decoder_variants(folder, fp16=fp16, int8=int8), data_dir, quiet,
+            f"vae-export sample --model {out_dir / 'decoder.onnx'} -n 64 --out samples.png")
 
 
 @command
@@ -150,28 +151,30 @@ def torchscript(checkpoint: Checkpoint, out_dir: ExportDir = Path("export"),
     """Export encoder.torchscript and decoder.torchscript, then prove parity with eager."""
     from .export import export_torchscript
 
-    _export(checkpoint, out_dir, lambda model, state, sha: export_torchscript(model, state, sha, out_dir),
-            data_dir, quiet, "parity")
+    _export(checkpoint, out_dir, lambda model, state, sha, folder: export_torchscript(model, state, sha, folder),
+            data_dir, quiet, f"vae-export parity {checkpoint} {out_dir}")
 
 
-def _export(checkpoint: Path, out_dir: Path, write, data_dir, quiet: bool, next_cmd: str) -> None:
+def _export(checkpoint: Path, out_dir: Path, write, data_dir, quiet: bool, next_command: str) -> None:
+    """Export into a staging folder, prove parity there, and only then move the files into out_dir:
+    a failed export never replaces a good one."""
     from .checkpoint import load_model
     from .export import write_manifest
-    from .files import sha256_file
+    from .files import sha256_file, staged_dir
     from .parity import check_parity, real_images
 
     model, state = load_model(checkpoint)
-    written = write(model, state, sha256_file(checkpoint))
-    write_manifest(out_dir)
     images = real_images(state.get("settings", {}).get("dataset", "mnist"), data_dir)
-    rows = _parity(lambda: check_parity(model, [w.path for w in written], images=images), quiet)
+    with staged_dir(out_dir) as stage:
+        written = write(model, state, sha256_file(checkpoint), stage)
+        rows = _parity(lambda: check_parity(model, [w.path for w in written], images=images), quiet)
+        sizes = {w.path.name: w.bytes for w in written}
+    write_manifest(out_dir)
     for w in written:
-        out.print(f"{w.path}  {w.bytes / 1e6:.2f} MB  {w.seconds:.1f} s")
+        out.print(f"{out_dir / w.path.name}  {sizes[w.path.name] / 1e6:.2f} MB  {w.seconds:.1f} s")
     if not quiet:
-        decoder = out_dir / "decoder.onnx"
         err.print(f"parity: {len(rows)} checks passed" + ("" if images is not None else " (random inputs only: no test images found)"))
-        err.print(f"next: vae-export {next_cmd} {decoder if next_cmd.startswith('sample') else f'{checkpoint} {out_dir}'}"
-                  + (" -n 64 --out samples.png" if next_cmd.startswith("sample") else ""))
+        err.print(f"next: {next_command}")
 
 
 @command

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import IO, Iterator
@@ -53,6 +54,20 @@ def writable_dir(path: str | os.PathLike) -> Path:
     if not os.access(path, os.W_OK | os.X_OK):
         raise PermissionError(f"cannot write into {path}")
     return path
+
+
+@contextlib.contextmanager
+def staged_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """A hidden folder inside `out_dir` to write a set of files into; they replace out_dir's files
+    only if the block finishes (e.g. after a check of the set), and vanish otherwise."""
+    out_dir = writable_dir(out_dir)
+    stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
+    try:
+        yield stage
+        for path in sorted(stage.iterdir()):
+            os.replace(path, out_dir / path.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def sha256_file(path: str | os.PathLike) -> str:
