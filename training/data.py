@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torchvision import datasets
 
-from vae_export.errors import DataNotFound, UsageError
+from vae_export.errors import DataNotFound, UsageError, first_line
 
 DATASETS = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST}
 
@@ -36,9 +36,8 @@ def load_images(dataset: str, root: str | Path, train: bool, download: bool = Tr
         ds = cls(str(root), train=train, download=download)
     except Exception as e:  # torchvision raises URLError, RuntimeError, OSError... when offline or corrupt
         raw = root / cls.__name__ / "raw"
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataNotFound(
-            f"{dataset} is not readable in {raw} and could not be downloaded ({reason}); "
+            f"{dataset} is not readable in {raw} and could not be downloaded ({first_line(e)}); "
             f"put the IDX files there or point --data-dir / VAE_EXPORT_DATA at a folder holding {cls.__name__}/raw"
         ) from None
     return ds.data.unsqueeze(1)  # (N, 28, 28) -> (N, 1, 28, 28)

@@ -20,7 +20,6 @@ The report (`run_bench`'s return value, plain JSON types):
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import gc
 import os
@@ -40,9 +39,10 @@ import torch
 from . import runtime
 from .checkpoint import load_model
 from .config import PRESETS, VAEConfig
-from .errors import UsageError
+from .errors import UsageError, first_line
 from .export import SPECS, export_onnx, export_torchscript
 from .model import VAE
+from .parity import exact_fp32
 
 WARMUP = 3            # untimed calls per (backend, batch size), after the first call that is checked
 TRAIN_BATCH = 128     # training.train's default
@@ -92,7 +92,7 @@ def run_bench(checkpoint: Path, batch_sizes: Sequence[int] = (1, 64, 1024, 8192)
                      "providers": list(providers), "compile": compile, "train_steps": train_steps,
                      "inputs": {"decode": "N(0, I) latents, seed 0", "encode": source}},
     }
-    with tempfile.TemporaryDirectory(prefix="vae-bench-") as tmp, _exact_fp32(), warnings.catch_warnings():
+    with tempfile.TemporaryDirectory(prefix="vae-bench-") as tmp, exact_fp32(), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
         export_onnx(model, state, "bench", tmp)
         export_torchscript(model, state, "bench", tmp)
@@ -321,17 +321,5 @@ def _images(dataset: str, train: bool, n: int, data_dir: str | Path | None,
     return to_float(x[torch.arange(n) % len(x)]), f"{dataset} {'train' if train else 'test'} images"
 
 
-@contextlib.contextmanager
-def _exact_fp32():
-    """TF32 off on the GPU, so eager CUDA is true float32 like every other backend."""
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-
-
 def _one_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0][:300]}" if text else type(e).__name__
+    return f"{type(e).__name__}: {first_line(e)}"

@@ -11,7 +11,7 @@ import torch
 
 from .files import atomic_open
 from .config import VAEConfig
-from .errors import CheckpointError
+from .errors import CheckpointError, first_line
 from .model import VAE
 
 FORMAT = "vae-export-checkpoint"
@@ -32,8 +32,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch.load raises UnpicklingError, BadZipFile, struct.error, ...
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} is corrupt or not a safe vae-export checkpoint ({first})") from None
+        raise CheckpointError(f"{path} is corrupt or not a safe vae-export checkpoint ({first_line(e)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a vae-export checkpoint (no '{FORMAT}' marker)")
     if state.get("format_version") != FORMAT_VERSION:
@@ -48,6 +47,6 @@ def load_model(path: str | Path) -> tuple[VAE, dict[str, Any]]:
         model = VAE(VAEConfig.from_dict(state["config"]))
         model.load_state_dict(state["model"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{path} does not match its own config: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(f"{path} does not match its own config: {first_line(e)}") from None
     return model.eval(), state
 

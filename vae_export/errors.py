@@ -4,6 +4,12 @@ Torch-free on purpose: `vae_export.runtime` imports it.
 """
 
 
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (or its type), for one-line error reports."""
+    text = str(e).strip()
+    return text.splitlines()[0][:limit] if text else type(e).__name__
+
+
 class VaeExportError(Exception):
     """A failure the user can act on (bad input, missing data, failed check). Exit code 1."""
 

@@ -7,6 +7,7 @@ on random inputs and on real test images, per output with max abs/rel difference
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import warnings
@@ -19,7 +20,7 @@ import onnx
 import torch
 
 from . import runtime
-from .errors import ArtifactError, ParityError
+from .errors import ArtifactError, ParityError, first_line
 from .export import FORMATS, SPECS, TORCHSCRIPT_EXTRA
 from .model import VAE
 
@@ -110,7 +111,7 @@ def _runner(path: Path, role: str, backend: str) -> Callable[[np.ndarray], dict[
                 module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
             meta = json.loads(extra[TORCHSCRIPT_EXTRA])
         except Exception as e:  # noqa: BLE001 - torch.jit raises RuntimeError, JSONDecodeError, ...
-            raise ArtifactError(f"{path} is not a loadable vae-export TorchScript file ({str(e).splitlines()[0][:200]})") from None
+            raise ArtifactError(f"{path} is not a loadable vae-export TorchScript file ({first_line(e, 200)})") from None
         if meta.get("role") != role or meta.get("outputs") != list(spec.outputs):
             raise ArtifactError(f"{path}: metadata says role {meta.get('role')!r}, outputs {meta.get('outputs')}; "
                                 f"expected {role!r}, {list(spec.outputs)}")
@@ -134,7 +135,7 @@ def _refuse_external_data(path: Path) -> None:
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # noqa: BLE001 - protobuf's DecodeError and friends
-        raise ArtifactError(f"{path} is not a readable ONNX file ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})") from None
+        raise ArtifactError(f"{path} is not a readable ONNX file ({first_line(e, 200)})") from None
     tensors = [*proto.graph.initializer, *(a.t for n in proto.graph.node for a in n.attribute if a.HasField("t"))]
     if any(onnx.external_data_helper.uses_external_data(t) for t in tensors):
         raise ArtifactError(f"{path} stores weights as external data; vae-export artifacts are single files")
@@ -154,7 +155,7 @@ def _compare(model: VAE, role: str, run, name: str, backend: str, device: str, b
                 x = model.encoder(x)[0]
         cases.append(("mnist", x))
     rows = []
-    with _exact_fp32(), torch.inference_mode():
+    with exact_fp32(), torch.inference_mode():
         for kind, x in cases:
             got = run(x.numpy())
             want = eager(x.to(device))
@@ -173,15 +174,15 @@ def _compare(model: VAE, role: str, run, name: str, backend: str, device: str, b
     return rows
 
 
-class _exact_fp32:
-    """Eager on CUDA with TF32 off, so the reference is true float32."""
-
-    def __enter__(self):
-        self.saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-
-    def __exit__(self, *exc):
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = self.saved
+@contextlib.contextmanager
+def exact_fp32():
+    """TF32 off on the GPU, so eager CUDA is true float32 like every other reference."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def real_images(dataset: str, data_dir: str | Path | None = None, n: int = 1000) -> np.ndarray | None:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from .errors import ArtifactError, ProviderUnavailable, UsageError
+from .errors import ArtifactError, ProviderUnavailable, UsageError, first_line
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 MAX_MODEL_BYTES = 256 * 2**20       # our models are 1-2 MB; refuse anything absurd before parsing it
@@ -113,6 +113,10 @@ class _Model:
             raise ArtifactError(f"{self.path}: input {self.inputs[0]} has shape {got}, but its metadata "
                                 f"promises (batch_size, {', '.join(map(str, want))})")
 
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return tuple(self.metadata["image_shape"])
+
     def _validated(self, x: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
         x = np.asarray(x)
         if x.dtype != np.float32:
@@ -139,10 +143,6 @@ class Decoder(_Model):
     @property
     def latent_dim(self) -> int:
         return int(self.metadata["latent_dim"])
-
-    @property
-    def image_shape(self) -> tuple[int, ...]:
-        return tuple(self.metadata["image_shape"])
 
     def decode(self, z: Any, out: np.ndarray | None = None) -> np.ndarray:
         """Decode latents. With `out` (a C-contiguous float32 array of the output shape, e.g. a slice
@@ -208,7 +208,7 @@ class Encoder(_Model):
     role, inputs, outputs = "encoder", ("sample",), ("mu", "logvar")
 
     def encode(self, images: Any) -> tuple[np.ndarray, np.ndarray]:
-        x = self._validated(images, tuple(self.metadata["image_shape"]), "images")
+        x = self._validated(images, self.image_shape, "images")
         mu, logvar = self.session.run(["mu", "logvar"], {"sample": x})
         return mu, logvar
 
@@ -237,8 +237,7 @@ def _loaded(path: Path, make):
     except (UsageError, ProviderUnavailable):
         raise
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own pybind exception types
-        reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        raise ArtifactError(f"{path}: onnxruntime cannot load it ({reason})") from None
+        raise ArtifactError(f"{path}: onnxruntime cannot load it ({first_line(e)})") from None
 
 
 def _read_model(path: Path) -> bytes:
@@ -250,8 +249,8 @@ def _read_model(path: Path) -> bytes:
     return path.read_bytes()
 
 
-def _metadata(session_or_path, path: Path) -> dict[str, Any]:
-    raw = session_or_path.get_modelmeta().custom_metadata_map
+def _metadata(session: ort.InferenceSession, path: Path) -> dict[str, Any]:
+    raw = session.get_modelmeta().custom_metadata_map
     try:
         meta = {k: json.loads(v) for k, v in raw.items()}
     except json.JSONDecodeError:
