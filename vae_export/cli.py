@@ -220,7 +220,7 @@ def _parity(check, quiet: bool, report: Path | None = None):
 
 def _write_report(report: Path | None, rows) -> None:
     if report:
-        from .export import write_json
+        from .files import write_json
 
         write_json(report, [r.as_dict() for r in rows])
 
@@ -342,7 +342,7 @@ def bench(
     CPU/CUDA), every output checked against eager first; training throughput per preset."""
     from .bench import run_bench
     from .bench_report import plot_report, print_report
-    from .export import write_json
+    from .files import write_json
 
     try:
         sizes = [int(b) for b in batch_sizes.split(",")]

@@ -24,7 +24,7 @@ from torch import nn
 from . import __version__
 from .config import VAEConfig
 from .errors import ArtifactError, UsageError
-from .files import atomic_open, sha256_file, writable_dir
+from .files import atomic_open, sha256_file, writable_dir, write_json
 from .model import VAE
 
 DEFAULT_OPSET = 18
@@ -176,12 +176,6 @@ def export_torchscript(model: VAE, checkpoint: dict[str, Any], checkpoint_sha256
             torch.jit.save(torch.jit.trace(module, example), f, _extra_files={TORCHSCRIPT_EXTRA: json.dumps(meta)})
         written.append(Written(path, time.perf_counter() - t0))
     return written
-
-
-def write_json(path: Path, obj: Any) -> None:
-    with atomic_open(path, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
 
 
 def write_manifest(out_dir: str | Path) -> Path:
