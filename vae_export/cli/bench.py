@@ -1,0 +1,46 @@
+"""`vae-export bench`: speed of every backend, each output checked first."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .common import Quiet, command, err, out, shipped
+
+
+@command
+def bench(
+    checkpoint: Annotated[Optional[Path], typer.Argument(help="checkpoint.pt [default: the shipped artifacts/mlp model].")] = None,
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated decode/encode batch sizes.")] = "1,64,1024,8192",
+    providers: Annotated[str, typer.Option(help="Comma-separated: cpu, cuda (cuda rows only where CUDA really runs).")] = "cpu,cuda",
+    repeats: Annotated[int, typer.Option(min=1, help="Timed runs per backend and batch size (after warm-up).")] = 20,
+    compile: Annotated[bool, typer.Option(help="Include torch.compile (slow to compile on small CPUs).")] = True,
+    train: Annotated[bool, typer.Option(help="Include training throughput per preset.")] = True,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Dataset root for real images.")] = None,
+    report: Annotated[Optional[Path], typer.Option("--out", help="Write the full report as JSON.")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Write a throughput plot (.png).")] = None,
+    quiet: Quiet = False,
+):
+    """Decode/encode latency and throughput per backend (eager, TorchScript, torch.compile, ONNX Runtime
+    CPU/CUDA), every output checked against eager first; training throughput per preset."""
+    from ..bench import run_bench
+    from ..bench_report import plot_report, print_report
+    from ..files import write_json
+
+    try:
+        sizes = [int(b) for b in batch_sizes.split(",")]
+    except ValueError:
+        raise typer.BadParameter(f"--batch-sizes must be integers separated by commas, got {batch_sizes!r}") from None
+    result = run_bench(shipped(checkpoint, "checkpoint.pt"), sizes,
+                       [p.strip() for p in providers.split(",")], repeats, train,
+                       log=None if quiet else (lambda line: err.print(line, markup=False)),
+                       compile=compile, data_dir=data_dir)
+    print_report(result, out)
+    if report:
+        write_json(report, result)
+    if plot:
+        plot_report(result, plot)
+
+

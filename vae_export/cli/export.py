@@ -1,0 +1,122 @@
+"""`vae-export onnx`, `torchscript` and `parity`: export with proven parity, and check it again."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .common import Quiet, command, err, out
+
+
+class ParityProvider(str, Enum):
+    cpu = "cpu"
+    cuda = "cuda"
+    all = "all"
+
+
+Checkpoint = Annotated[Path, typer.Argument(help="A checkpoint.pt written by `vae-export train`.")]
+ExportDir = Annotated[Path, typer.Option("--out", help="Folder for the exported files.")]
+
+
+@command
+def onnx(
+    checkpoint: Checkpoint,
+    out_dir: ExportDir = Path("export"),
+    opset: Annotated[int, typer.Option(min=18, max=23, help="ONNX opset (18+: the torch.export-based exporter's range).")] = 18,
+    fp16: Annotated[bool, typer.Option(help="Also write decoder.fp16.onnx (half-precision math, float32 I/O).")] = False,
+    int8: Annotated[bool, typer.Option(help="Also write decoder.int8.onnx (dynamically quantized weights).")] = False,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Dataset root, for parity on real test images.")] = None,
+    quiet: Quiet = False,
+):
+    """Export encoder.onnx and decoder.onnx (+ decoder.json sidecar), then prove parity with eager."""
+    from ..export import export_decoder_variants, export_onnx
+
+    _export(checkpoint, out_dir, lambda model, state, sha, folder: export_onnx(model, state, sha, folder, opset)
+            + export_decoder_variants(folder, fp16=fp16, int8=int8), data_dir, quiet,
+            f"vae-export sample --model {out_dir / 'decoder.onnx'} -n 64 --out samples.png")
+
+
+@command
+def torchscript(checkpoint: Checkpoint, out_dir: ExportDir = Path("export"),
+                data_dir: Annotated[Optional[Path], typer.Option(help="Dataset root, for parity on real test images.")] = None,
+                quiet: Quiet = False):
+    """Export encoder.torchscript and decoder.torchscript, then prove parity with eager."""
+    from ..export import export_torchscript
+
+    _export(checkpoint, out_dir, lambda model, state, sha, folder: export_torchscript(model, state, sha, folder),
+            data_dir, quiet, f"vae-export parity {checkpoint} {out_dir}")
+
+
+def _export(checkpoint: Path, out_dir: Path, write, data_dir, quiet: bool, next_command: str) -> None:
+    """Export into a staging folder, prove parity there, and only then move the files into out_dir:
+    a failed export never replaces a good one."""
+    from ..checkpoint import load_model
+    from ..export import write_manifest
+    from ..files import sha256_file, staged_dir
+    from ..parity import check_parity, real_images
+
+    model, state = load_model(checkpoint)
+    images = real_images(state.get("settings", {}).get("dataset", "mnist"), data_dir)
+    with staged_dir(out_dir) as stage:
+        written = write(model, state, sha256_file(checkpoint), stage)
+        rows = _parity(lambda: check_parity(model, [w.path for w in written], images=images), quiet)
+        sizes = {w.path.name: w.bytes for w in written}
+    write_manifest(out_dir)
+    for w in written:
+        out.print(f"{out_dir / w.path.name}  {sizes[w.path.name] / 1e6:.2f} MB  {w.seconds:.1f} s")
+    if not quiet:
+        err.print(f"parity: {len(rows)} checks passed" + ("" if images is not None else " (random inputs only: no test images found)"))
+        err.print(f"next: {next_command}")
+
+
+@command
+def parity(
+    checkpoint: Checkpoint,
+    directory: Annotated[Path, typer.Argument(help="Folder holding exported .onnx/.torchscript files.")],
+    atol: Annotated[Optional[float], typer.Option(min=0.0, help="Absolute tolerance for every row [default: per backend].")] = None,
+    rtol: Annotated[Optional[float], typer.Option(min=0.0, help="Relative tolerance for every row [default: per backend].")] = None,
+    provider: Annotated[ParityProvider, typer.Option(help="ONNX Runtime providers to check; all = those that run here.")] = ParityProvider.cpu,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Dataset root, for parity on real test images.")] = None,
+    report: Annotated[Optional[Path], typer.Option(help="Also write every row as JSON.")] = None,
+    quiet: Quiet = False,
+):
+    """Check every artifact in DIRECTORY against the eager model rebuilt from CHECKPOINT."""
+    from ..checkpoint import load_model
+    from ..parity import artifacts_in, check_parity, real_images
+
+    model, state = load_model(checkpoint)
+    paths = artifacts_in(directory)
+    images = real_images(state.get("settings", {}).get("dataset", "mnist"), data_dir)
+    rows = _parity(lambda: check_parity(model, paths, provider=provider.value, images=images, atol=atol, rtol=rtol),
+                   quiet, report)
+    out.print(f"parity: {len(rows)} checks passed for {len(paths)} artifacts"
+              + ("" if images is not None else " (random inputs only: no test images found)"))
+
+
+def _parity(check, quiet: bool, report: Path | None = None):
+    """Run a parity check; print its table (all rows, or only the failing ones when quiet) and raise on failure."""
+    from ..errors import ParityError
+    from ..parity import print_table
+
+    try:
+        rows = check()
+    except ParityError as e:
+        print_table([r for r in e.rows if not r.passed] if quiet else e.rows, out)
+        _write_report(report, e.rows)
+        raise
+    if not quiet:
+        print_table(rows, out)
+    _write_report(report, rows)
+    return rows
+
+
+def _write_report(report: Path | None, rows) -> None:
+    if report:
+        from ..files import write_json
+
+        write_json(report, [r.as_dict() for r in rows])
+
+

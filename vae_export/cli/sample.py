@@ -1,0 +1,102 @@
+"""`vae-export sample`, `encode` and `reconstruct`: the torch-free runtime from the command line."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import VaeExportError
+from .common import SHIPPED, Device, Quiet, command, err, out, shipped
+
+
+class OutDtype(str, Enum):
+    float32 = "float32"
+    uint8 = "uint8"
+
+
+@command
+def sample(
+    out_path: Annotated[Path, typer.Option("--out", help=".npy (streamed, any N) or .png (an image grid).")],
+    model: Annotated[Optional[Path], typer.Option(help="decoder.onnx [default: the shipped artifacts/mlp model].")] = None,
+    n: Annotated[int, typer.Option("-n", min=1, help="Number of samples (.png: the grid holds all of them).")] = 64,
+    batch_size: Annotated[int, typer.Option(min=1)] = 8192,
+    seed: Annotated[int, typer.Option(help="Same seed, same samples, on every provider and batch size.")] = 0,
+    provider: Annotated[Device, typer.Option(help="cuda fails clearly if CUDA cannot really run; auto falls back.")] = Device.cpu,
+    dtype: Annotated[OutDtype, typer.Option(help="For .npy: float32 in [0, 1], or uint8 in 0..255.")] = OutDtype.float32,
+    interpolate: Annotated[Optional[tuple[int, int]], typer.Option(help="Decode -n steps between the latents of two seeds.")] = None,
+    manifold: Annotated[bool, typer.Option(help="Decode the 30x30 quantile grid of a 2-D latent model.")] = False,
+    quiet: Quiet = False,
+):
+    """Sample images from an ONNX decoder through onnxruntime (CPU or CUDA)."""
+    from .. import sampling
+    from ..progress import SampleProgress
+    from ..runtime import Decoder
+
+    sampling.check_out_path(out_path)
+    decoder = Decoder(shipped(model, "decoder.onnx"), provider=provider.value)
+    if interpolate or manifold:
+        z = sampling.manifold(decoder) if manifold else sampling.interpolation_latents(decoder, interpolate, n)
+        sampling.decode_to_file(decoder, z, out_path, dtype.value, nrow=30 if manifold else n)
+        out.print(f"{out_path}: {len(z)} images ({'manifold' if manifold else 'interpolation'}), provider {decoder.provider}")
+        return
+    with SampleProgress(err, n, disable=quiet or n < 100_000) as progress:
+        stats = sampling.sample_to_file(decoder, out_path, n, seed=seed, batch_size=batch_size, dtype=dtype.value,
+                                        on_batch=progress.advance)
+    out.print(f"{out_path}: {n} samples, provider {stats.provider}, {stats.seconds:.2f} s, {stats.per_second:,.0f} samples/s")
+
+
+Images = Annotated[list[Path], typer.Argument(help="Images: .npy arrays (N, 28, 28) or (N, 1, 28, 28), float in [0, 1] or uint8; or 28x28 grayscale .png files.")]
+
+
+@command
+def encode(
+    images: Images,
+    out_path: Annotated[Path, typer.Option("--out", help=".npz with arrays mu and logvar.")],
+    model: Annotated[Optional[Path], typer.Option(help="encoder.onnx [default: the shipped artifacts/mlp model].")] = None,
+    provider: Annotated[Device, typer.Option()] = Device.cpu,
+):
+    """Encode images to latent means and log-variances through the ONNX encoder."""
+    import numpy as np
+
+    from ..files import atomic_open
+    from ..runtime import Encoder
+    from ..sampling import read_images
+
+    if out_path.suffix != ".npz":
+        raise VaeExportError(f"--out must end in .npz, got {out_path.name!r}")
+    x = read_images(images)
+    mu, logvar = Encoder(shipped(model, "encoder.onnx"), provider=provider.value).encode(x)
+    with atomic_open(out_path) as f:
+        np.savez(f, mu=mu, logvar=logvar)
+    out.print(f"{out_path}: mu and logvar of {len(x)} images, latent_dim {mu.shape[1]}")
+
+
+@command
+def reconstruct(
+    images: Images,
+    out_path: Annotated[Path, typer.Option("--out", help=".png (originals above reconstructions) or .npy.")],
+    model_dir: Annotated[Optional[Path], typer.Option("--models", help="Folder with encoder.onnx and decoder.onnx [default: shipped].")] = None,
+    provider: Annotated[Device, typer.Option()] = Device.cpu,
+):
+    """Encode images and decode their latent means: x -> mu -> x' through both ONNX files."""
+    import numpy as np
+
+    from .. import sampling
+    from ..runtime import Decoder, Encoder
+
+    sampling.check_out_path(out_path)
+    x = sampling.read_images(images)
+    folder = model_dir or SHIPPED
+    mu, _ = Encoder(folder / "encoder.onnx", provider=provider.value).encode(x)
+    decoder = Decoder(folder / "decoder.onnx", provider=provider.value)
+    if out_path.suffix == ".png":
+        recon = decoder.decode(mu)
+        sampling.save_png_grid(np.concatenate([x, recon]), out_path, nrow=len(x))
+    else:
+        sampling.decode_to_file(decoder, mu, out_path)
+    out.print(f"{out_path}: {len(x)} reconstructions, provider {decoder.provider}")
+
+
