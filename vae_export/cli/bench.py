@@ -7,10 +7,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import Quiet, command, err, out, shipped
+from .common import Quiet, command, err, needs_train_extra, out, shipped
 
 
 @command
+@needs_train_extra
 def bench(
     checkpoint: Annotated[Optional[Path], typer.Argument(help="checkpoint.pt [default: the shipped artifacts/mlp model].")] = None,
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated decode/encode batch sizes.")] = "1,64,1024,8192",

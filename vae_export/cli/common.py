@@ -4,21 +4,26 @@ turns library errors into one line and an exit code, and the option types used b
 from __future__ import annotations
 
 import functools
+import importlib.util
 import sys
 from enum import Enum
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
+from .. import __version__
 from ..errors import VaeExportError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
-SHIPPED = Path(__file__).resolve().parents[2] / "artifacts" / "mlp"
+# The modules of the `train` extra (pyproject.toml), which the torch commands need.
+TRAIN_EXTRA = ("torch", "torchvision", "onnx", "onnxscript", "matplotlib")
 
 
 class Device(str, Enum):
@@ -53,15 +58,47 @@ def command(fn: Callable) -> Callable:
     return app.command()(wrapper)
 
 
+def needs_train_extra(fn: Callable) -> Callable:
+    """Mark a command that needs torch: without the `train` extra it refuses in one line (exit 2) instead of
+    failing on an import; its --help still works. Goes under @command."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        missing = [m for m in TRAIN_EXTRA if importlib.util.find_spec(m) is None]
+        if missing:
+            line = f'vae-export {fn.__name__} needs the training extra: pip install "vae-export[train]" (missing: {", ".join(missing)})'
+            err.print(f"[red]error:[/] {escape(line)}", markup=True, highlight=False)
+            raise typer.Exit(2)
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        out.print(f"vae-export {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _app() -> None:
+def _app(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                               help="Print the version and exit.")] = False) -> None:
     """Train a VAE, export encoder and decoder to TorchScript/ONNX with proven parity, sample fast."""
 
 
+def shipped_dir() -> Path:
+    """The default model's folder: artifacts/mlp in a checkout, inside the installed package from a wheel
+    (pyproject.toml maps one onto the other). pip installs unzipped, so it is a real folder, as onnxruntime needs."""
+    return Path(str(resources.files("vae_export.artifacts"))) / "mlp"
+
+
 def shipped(model: Optional[Path], name: str) -> Path:
-    """--model, or the model shipped in artifacts/ (so sampling works out of the box, offline)."""
+    """--model, or the model shipped with the package (so sampling works out of the box, offline)."""
     if model is not None:
         return model
-    if not (SHIPPED / name).is_file():
-        raise VaeExportError(f"no --model given and no shipped model at {SHIPPED / name} (run `make artifacts`)")
-    return SHIPPED / name
+    path = shipped_dir() / name
+    if not path.is_file():
+        hint = ("the wheel ships the ONNX model only: pass one, e.g. artifacts/mlp/checkpoint.pt from the repository"
+                if name == "checkpoint.pt" else "run `make artifacts`")
+        raise VaeExportError(f"no {name} given and none shipped at {path} ({hint})")
+    return path

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import Quiet, command, err, out
+from .common import Quiet, command, err, needs_train_extra, out
 
 
 class ParityProvider(str, Enum):
@@ -22,6 +22,7 @@ ExportDir = Annotated[Path, typer.Option("--out", help="Folder for the exported 
 
 
 @command
+@needs_train_extra
 def onnx(
     checkpoint: Checkpoint,
     out_dir: ExportDir = Path("export"),
@@ -40,6 +41,7 @@ def onnx(
 
 
 @command
+@needs_train_extra
 def torchscript(checkpoint: Checkpoint, out_dir: ExportDir = Path("export"),
                 data_dir: Annotated[Optional[Path], typer.Option(help="Dataset root, for parity on real test images.")] = None,
                 quiet: Quiet = False):
@@ -73,6 +75,7 @@ def _export(checkpoint: Path, out_dir: Path, write, data_dir, quiet: bool, next_
 
 
 @command
+@needs_train_extra
 def parity(
     checkpoint: Checkpoint,
     directory: Annotated[Path, typer.Argument(help="Folder holding exported .onnx/.torchscript files.")],

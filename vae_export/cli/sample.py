@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import VaeExportError
-from .common import SHIPPED, Device, Quiet, command, err, out, shipped
+from .common import Device, Quiet, command, err, out, shipped, shipped_dir
 
 
 class OutDtype(str, Enum):
@@ -89,7 +89,7 @@ def reconstruct(
 
     sampling.check_out_path(out_path)
     x = sampling.read_images(images)
-    folder = model_dir or SHIPPED
+    folder = model_dir or shipped_dir()
     mu, _ = Encoder(folder / "encoder.onnx", provider=provider.value).encode(x)
     decoder = Decoder(folder / "decoder.onnx", provider=provider.value)
     if out_path.suffix == ".png":

@@ -10,7 +10,7 @@ import typer
 
 from ..config import PRESETS
 from ..errors import VaeExportError
-from .common import Device, Quiet, command, err, out
+from .common import Device, Quiet, command, err, needs_train_extra, out
 
 Preset = Enum("Preset", {name.replace("-", "_"): name for name in PRESETS}, type=str)
 
@@ -26,6 +26,7 @@ class Likelihood(str, Enum):
 
 
 @command
+@needs_train_extra
 def train(
     preset: Annotated[Preset, typer.Option(help="Architecture preset.")] = Preset.mlp,
     epochs: Annotated[int, typer.Option(min=1, help="Total epochs to reach (also with --resume).")] = 10,
