@@ -120,7 +120,7 @@ def venv(wheel, tmp_path_factory) -> Path:
     assert set(base) == BASE, f"the wheel's base dependencies are {base}, not the torch-free base: not installing them"
     folder = tmp_path_factory.mktemp("venv")
     run(sys.executable, "-m", "venv", "--without-pip", folder, cwd=folder)  # the outer pip installs into it
-    run(sys.executable, "-m", "pip", "--python", folder / "bin" / "python", "install", "--quiet", wheel, cwd=folder)
+    run(sys.executable, "-m", "pip", "--python", folder / "bin" / "python", "install", "--quiet", "--no-compile", wheel, cwd=folder)
     return folder / "bin"
 
 

@@ -89,7 +89,10 @@ def _app(version: Annotated[bool, typer.Option("--version", callback=_print_vers
 def shipped_dir() -> Path:
     """The default model's folder: artifacts/mlp in a checkout, inside the installed package from a wheel
     (pyproject.toml maps one onto the other). pip installs unzipped, so it is a real folder, as onnxruntime needs."""
-    return Path(str(resources.files("vae_export.artifacts"))) / "mlp"
+    try:
+        return Path(str(resources.files("vae_export.artifacts"))) / "mlp"
+    except ModuleNotFoundError:  # a checkout never installed, or installed before the mapping existed
+        raise VaeExportError("no shipped model: install vae-export (in a checkout: pip install -e .)") from None
 
 
 def shipped(model: Optional[Path], name: str) -> Path:
