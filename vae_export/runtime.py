@@ -127,11 +127,16 @@ class _Model:
         for value in [*self.session.get_inputs(), *self.session.get_outputs()]:
             if value.type != "tensor(float)":
                 raise ArtifactError(f"{self.path}: {value.name} is {value.type}, expected tensor(float)")
-        want = [self.metadata["latent_dim"]] if self.role == "decoder" else self.metadata["image_shape"]
-        got = self.session.get_inputs()[0].shape
-        if len(got) != 1 + len(want) or list(got[1:]) != list(want):
-            raise ArtifactError(f"{self.path}: input {self.inputs[0]} has shape {got}, but its metadata "
-                                f"promises (batch_size, {', '.join(map(str, want))})")
+        latent, image = self.metadata["latent_dim"], self.metadata["image_shape"]
+        if not (_positive_ints([latent]) and isinstance(image, list) and len(image) == 3 and _positive_ints(image)):
+            raise ArtifactError(f"{self.path}: metadata latent_dim {latent!r} / image_shape {image!r} is not "
+                                "a positive size / three positive sizes")
+        shapes = {"latent_sample": [latent], "sample": image, "mu": [latent], "logvar": [latent]}
+        for value in [*self.session.get_inputs(), *self.session.get_outputs()]:
+            got, want = value.shape, shapes[value.name]
+            if len(got) != 1 + len(want) or list(got[1:]) != list(want):
+                raise ArtifactError(f"{self.path}: {value.name} has shape {got}, but its metadata "
+                                    f"promises (batch_size, {', '.join(map(str, want))})")
 
     @property
     def image_shape(self) -> tuple[int, ...]:
@@ -231,6 +236,10 @@ class Encoder(_Model):
         x = self._validated(images, self.image_shape, "images")
         mu, logvar = self.session.run(["mu", "logvar"], {"sample": x})
         return mu, logvar
+
+
+def _positive_ints(values: list) -> bool:
+    return all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
 
 
 def latent_slice(seed: int, start: int, stop: int, dim: int) -> np.ndarray:
