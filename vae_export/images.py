@@ -5,7 +5,7 @@ For a model of image shape (C, H, W), C = 1 or 3, the result is float32 (N, C, H
 
 - `.npy` (no pickles), shape (N, C, H, W), or (N, H, W) when C = 1; N >= 1.
   dtype uint8: pixel values 0..255, scaled by 1/255 (as torchvision's ToTensor).
-  dtype float16, float32 or float64: values already in [0, 1], converted to float32; NaN, infinities
+  dtype float16, float32 or float64 (either byte order): values already in [0, 1], converted to float32; NaN, infinities
   and values outside [0, 1] are refused.
   Every other dtype is refused (bool, other integers, complex, structured): their scale is ambiguous
   (an int64 array may hold 0..255 or 0..1), so convert it yourself, e.g. `x.astype(np.uint8)`.
@@ -26,8 +26,6 @@ import numpy as np
 
 from .errors import InputError, first_line
 from .files import require_memory
-
-FLOATS = (np.float16, np.float32, np.float64)
 
 
 def read_images(paths: list[Path], image_shape: tuple[int, int, int]) -> np.ndarray:
@@ -52,13 +50,14 @@ def read_npy(path: Path, image_shape: tuple[int, int, int]) -> np.ndarray:
     if a.ndim != 4 or a.shape[1:] != (c, h, w) or a.shape[0] == 0:
         wanted = f"(N, {c}, {h}, {w})" + (f" or (N, {h}, {w})" if c == 1 else "")
         _refuse(path, f"expected shape {wanted} with N >= 1, got {a.shape}")
-    if a.dtype != np.uint8 and a.dtype not in FLOATS:
+    if a.dtype != np.uint8 and not (a.dtype.kind == "f" and a.dtype.itemsize in (2, 4, 8)):
         _refuse(path, f"dtype {a.dtype} is not accepted; use uint8 (0..255) or float (0..1), e.g. x.astype(np.uint8)")
     require_memory(a.shape[0] * c * h * w * 4 * 2, f"reading {path}")
     try:
         if a.dtype == np.uint8:
             return np.asarray(a, np.float32) / np.float32(255)
-        x = np.array(a, np.float32)
+        with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf, refused below
+            x = np.array(a, np.float32)
     except (OSError, ValueError) as e:  # the mapped file shrank or could not be read
         raise InputError(f"cannot read images from {path} ({first_line(e, 200)})") from None
     if not np.isfinite(x).all():

@@ -143,11 +143,15 @@ class _Model:
         return tuple(self.metadata["image_shape"])
 
     def _validated(self, x: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
-        x = np.asarray(x)
+        try:
+            x = np.asarray(x)
+        except (ValueError, TypeError) as e:  # ragged nested lists, objects numpy cannot make an array of
+            raise UsageError(f"{what} must be an array of shape (batch, {', '.join(map(str, shape))}): {first_line(e)}") from None
         if x.dtype != np.float32:
             if not np.issubdtype(x.dtype, np.floating):
                 raise UsageError(f"{what} must be floating point, got {x.dtype}")
-            x = x.astype(np.float32)
+            with np.errstate(over="ignore"):  # values beyond float32 become inf, refused just below
+                x = x.astype(np.float32)
         if x.ndim != 1 + len(shape) or x.shape[1:] != shape or x.shape[0] == 0:
             raise UsageError(f"{what} must have shape (batch, {', '.join(map(str, shape))}), got {x.shape}")
         if not np.isfinite(x).all():
