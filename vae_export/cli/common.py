@@ -14,6 +14,7 @@ from typing import Annotated, Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..errors import Terminated, VaeExportError, first_line
 
@@ -46,11 +47,11 @@ def command(fn: Callable) -> Callable:
             with _sigterm_raises():
                 return fn(*args, **kwargs)
         except VaeExportError as e:
-            err.print(f"[red]error:[/] {e}", markup=True, highlight=False)
+            err.print(f"[red]error:[/] {escape(str(e))}", markup=True, highlight=False)  # paths may hold [brackets]
             raise typer.Exit(e.exit_code) from None
         except OSError as e:  # a full disk, a permission, a read-only folder: the user's to fix
             where = f"{e.filename}: " if e.filename else ""
-            err.print(f"[red]error:[/] {where}{e.strerror or first_line(e)}", markup=True, highlight=False)
+            err.print(f"[red]error:[/] {escape(where + (e.strerror or first_line(e)))}", markup=True, highlight=False)
             raise typer.Exit(1) from None
         except MemoryError:
             err.print("[red]error:[/] out of memory; try a smaller --batch-size or -n", markup=True)
