@@ -6,6 +6,7 @@ never another exception. `pytest --hypothesis-show-statistics` prints how many c
 from __future__ import annotations
 
 import io
+import sys
 import tempfile
 from pathlib import Path
 
@@ -42,6 +43,14 @@ def image_arrays(draw):
     else:
         elements = None
     return shape, draw(hnp.arrays(dtype, dims, elements=elements))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def subnormal_floats():
+    """hypothesis draws subnormal floats, which the CPU flushes to zero after an in-process training
+    run has called torch.set_flush_denormal(True); unset it (every training run sets it again)."""
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_flush_denormal(False)
 
 
 def _documented(a: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray | None:
