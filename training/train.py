@@ -6,9 +6,11 @@ atomic checkpoint per epoch so a killed run loses at most one epoch.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,10 +18,10 @@ from typing import Any, Callable, NamedTuple
 
 import torch
 
-from vae_export.checkpoint import load_checkpoint, save_checkpoint
+from vae_export.checkpoint import load_checkpoint, save_checkpoint, typed_dataclass
 from vae_export.config import VAEConfig
-from vae_export.errors import TrainingDiverged, UsageError, VaeExportError
-from vae_export.files import atomic_open, writable_dir
+from vae_export.errors import CheckpointError, TrainingDiverged, UsageError, VaeExportError, first_line
+from vae_export.files import atomic_open, run_lock, writable_dir
 from vae_export.model import VAE, elbo_terms
 
 from . import plots
@@ -99,14 +101,25 @@ class Run:
                    torch.Generator(device=dev).manual_seed(settings.seed + 1))
 
     @classmethod
-    def resume(cls, state: dict[str, Any], epochs: int, dev: torch.device) -> Run:
-        settings = dataclasses.replace(TrainSettings(**state["settings"]), epochs=epochs)
-        run = cls.start(VAEConfig.from_dict(state["config"]), settings, dev)
-        run.model.load_state_dict(state["model"])
-        run.optimizer.load_state_dict(state["optimizer"])
-        run.shuffle_rng.set_state(state["rng"]["shuffle"])
-        run.noise_rng.set_state(state["rng"]["noise"])
-        run.metrics, run.best_test_loss, run.bad_epochs = state["metrics"], state["best_test_loss"], state["bad_epochs"]
+    def resume(cls, state: dict[str, Any], epochs: int, dev: torch.device, path: Path) -> Run:
+        """The run saved in `state` (already validated by load_checkpoint: config and weights), with
+        the settings, optimizer, RNG and metrics checked here: a tampered file fails in one line."""
+        settings = dataclasses.replace(typed_dataclass(TrainSettings, state.get("settings"), f"{path}: settings"),
+                                       epochs=epochs)
+        try:
+            run = cls.start(VAEConfig.from_dict(state["config"]), settings, dev)
+            run.model.load_state_dict(state["model"])
+            run.optimizer.load_state_dict(state["optimizer"])
+            run.shuffle_rng.set_state(state["rng"]["shuffle"])
+            run.noise_rng.set_state(state["rng"]["noise"])
+            run.metrics, run.best_test_loss, run.bad_epochs = state["metrics"], state["best_test_loss"], state["bad_epochs"]
+            if (not isinstance(run.metrics, list) or state["epoch"] != len(run.metrics)
+                    or [m.get("epoch") for m in run.metrics] != list(range(1, len(run.metrics) + 1))
+                    or not isinstance(run.best_test_loss, float) or type(run.bad_epochs) is not int):
+                raise ValueError("its epoch, metrics and early-stopping state disagree")
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+            what = f"no {e}" if isinstance(e, KeyError) else first_line(e)
+            raise CheckpointError(f"{path} cannot be resumed: {what}") from None
         return run
 
     def checkpoint(self) -> dict[str, Any]:
@@ -133,9 +146,15 @@ def train(config: VAEConfig, settings: TrainSettings, out: str | Path, *, data_d
     # that OpenMP's worker threads, created later, inherit it (the flag is per thread).
     torch.set_flush_denormal(True)
     out = writable_dir(out)
+    with run_lock(out):
+        return _train_locked(config, settings, out, data_dir, device, resume, on_batch, on_epoch)
+
+
+def _train_locked(config: VAEConfig, settings: TrainSettings, out: Path, data_dir, device: str, resume: bool,
+                  on_batch: OnBatch | None, on_epoch: OnEpoch | None) -> list[dict[str, Any]]:
     dev = pick_device(device)
     if resume:
-        run = Run.resume(load_checkpoint(out / CHECKPOINT), settings.epochs, dev)
+        run = Run.resume(load_checkpoint(out / CHECKPOINT), settings.epochs, dev, out / CHECKPOINT)
     elif (out / CHECKPOINT).exists():
         raise UsageError(f"{out / CHECKPOINT} already exists: pass --resume to continue it, or choose another --out")
     else:
@@ -146,6 +165,7 @@ def train(config: VAEConfig, settings: TrainSettings, out: str | Path, *, data_d
     train_x = to_float(load_images(settings.dataset, root, train=True)[: settings.limit]).to(dev)
     test_x = to_float(load_images(settings.dataset, root, train=False)[: settings.limit]).to(dev)
     fixed_z = torch.randn(64, run.config.latent_dim, generator=torch.Generator().manual_seed(0)).to(dev)
+    saved = len(run.metrics)  # epochs in checkpoint.pt: the figures never describe more
     try:
         for epoch in range(len(run.metrics) + 1, settings.epochs + 1):
             if settings.patience is not None and run.bad_epochs >= settings.patience:
@@ -162,14 +182,17 @@ def train(config: VAEConfig, settings: TrainSettings, out: str | Path, *, data_d
                 run.bad_epochs += 1
             run.metrics.append(m)
             save_checkpoint(out / CHECKPOINT, run.checkpoint())
+            saved = len(run.metrics)
             _write_metrics(run.metrics, out / "metrics.jsonl")
             _write_figures(run.model, test_x, fixed_z, out)
             if on_epoch:
                 on_epoch(m)
     finally:
-        if run.metrics:  # once per run, also after Ctrl-C or divergence: a matplotlib figure is slow to draw
-            plots.save_loss_curve(run.metrics, out / "loss.png")
-    return run.metrics
+        if saved:  # once per run, also after Ctrl-C, divergence or a full disk: a matplotlib figure is slow to draw
+            failing = sys.exc_info()[1] is not None
+            with contextlib.suppress(OSError) if failing else contextlib.nullcontext():  # keep the first error
+                plots.save_loss_curve(run.metrics[:saved], out / "loss.png")
+    return run.metrics[:saved]
 
 
 def train_epoch(run: Run, epoch: int, x_all: torch.Tensor, on_batch: OnBatch | None) -> float:

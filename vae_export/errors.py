@@ -26,6 +26,10 @@ class DataNotFound(VaeExportError):
     """The dataset is not where we looked and cannot be downloaded."""
 
 
+class InputError(VaeExportError):
+    """An input file (images to encode) is unreadable or not in an accepted format."""
+
+
 class CheckpointError(VaeExportError):
     """A checkpoint is missing, corrupt, or not one of ours."""
 
@@ -48,3 +52,8 @@ class ProviderUnavailable(VaeExportError):
 
 class TrainingDiverged(VaeExportError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, systemd, Slurm, Kubernetes), raised like Ctrl-C so that the same cleanup runs.
+    A KeyboardInterrupt subclass on purpose: every handler that cleans up after Ctrl-C cleans up after it."""

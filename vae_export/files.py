@@ -1,10 +1,16 @@
 """File helpers. Every file is written whole or not at all: into a temp file beside the target,
 then `os.replace`. Torch-free: the runtime uses them as well as training and export.
+
+A temp file or staging folder is flock'ed by the process writing it; the kernel drops that lock when
+the process dies (even by `kill -9`), so the next write of the same target sweeps what a crashed run
+left (`sweep_stale`), and never a file that a live run is still writing.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -13,28 +19,72 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
 
+from .errors import VaeExportError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+STAGING_PREFIX = ".staging-"
+LOCK_NAME = ".vae-export.lock"
+
+
+def _locked_fd(path: str | os.PathLike) -> int | None:
+    """An fd holding an exclusive flock on `path`, or None when another live process holds it."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def sweep_stale(path: str | os.PathLike) -> None:
+    """Remove the temp files of target `path` (and, for a folder, its staging folders) that a dead
+    process left behind; files that a live process holds locked are kept."""
+    path = Path(path)
+    stale = list(path.parent.glob(f".{_glob_escape(path.name)}.*.tmp"))
+    if path.is_dir():
+        stale += path.glob(f"{STAGING_PREFIX}*")
+    for candidate in stale:
+        with contextlib.suppress(OSError):  # gone meanwhile, or not ours to remove: leave it
+            fd = _locked_fd(candidate)
+            if fd is not None:
+                try:
+                    shutil.rmtree(candidate) if candidate.is_dir() else os.unlink(candidate)
+                finally:
+                    os.close(fd)
+
+
+def _glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path in the target's folder; on success it replaces `path`, on error it vanishes.
 
-    For writers that want a path (onnx.save, np.lib.format.open_memmap, image savers).
+    For writers that want a path (onnx.save, np.save, image savers). An OSError (a full disk, say)
+    names `path`, never the hidden temp file.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the mode open() would
+    sweep_stale(path)
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # marks the temp file as live until we close fd
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the mode open() would
         yield Path(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno is not None and e.filename in (None, tmp):
+            raise OSError(e.errno, e.strerror, str(path)) from None
         raise
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -50,11 +100,83 @@ def writable_dir(path: str | os.PathLike) -> Path:
     """Create `path` (and parents) and check we can write into it, before any long work starts."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise NotADirectoryError(f"{path} exists and is not a folder")
+        raise NotADirectoryError(errno.ENOTDIR, "exists and is not a folder", str(path))
     path.mkdir(parents=True, exist_ok=True)
     if not os.access(path, os.W_OK | os.X_OK):
-        raise PermissionError(f"cannot write into {path}")
+        raise PermissionError(errno.EACCES, "cannot write into it", str(path))
     return path
+
+
+def check_writable(path: str | os.PathLike, folder: bool = False) -> Path:
+    """Refuse, before any work, an output we will not be able to write: a file whose folder is
+    missing or read-only, a folder where a file is, a file where a folder is. Creates nothing."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        raise VaeExportError(f"{path} exists and is {'not ' if folder else ''}a folder")
+    parent = path if folder and path.exists() else path.parent
+    while folder and not parent.exists():   # a folder is created with its parents: check the first existing one
+        parent = parent.parent
+    if not parent.is_dir():
+        raise VaeExportError(f"cannot write {path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise VaeExportError(f"cannot write {path}: folder {parent} is not writable")
+    return path
+
+
+def require_free_space(path: str | os.PathLike, nbytes: int, what: str) -> None:
+    """Refuse a job whose output would not fit on the disk that holds `path` (checked before work)."""
+    path = Path(path)
+    sweep_stale(path)  # a crashed run's temp file must not count against this one
+    free = shutil.disk_usage(path.parent if not path.is_dir() else path).free
+    if nbytes > free:
+        raise VaeExportError(f"{path}: {what} needs {_size(nbytes)} but its disk has {_size(free)} free; "
+                             "write fewer samples per file (shard with --seed) or choose another disk")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the kernel says are available without swapping, or None where unknown."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        with open("/proc/meminfo") as f:
+            line = next(line for line in f if line.startswith("MemAvailable:"))
+        return int(line.split()[1]) * 1024
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return None
+
+
+def require_memory(nbytes: int, what: str) -> None:
+    """Refuse a job that would hold more in memory than is available (checked before work)."""
+    free = available_memory()
+    if free is not None and nbytes > free:
+        raise VaeExportError(f"{what} needs about {_size(nbytes)} of memory but {_size(free)} is available")
+
+
+def _size(nbytes: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if nbytes < 1000 or unit == "PB":
+            return f"{nbytes:,.0f} {unit}" if unit == "B" else f"{nbytes:,.1f} {unit}"
+        nbytes /= 1000
+    return ""
+
+
+@contextlib.contextmanager
+def run_lock(folder: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on a run folder for the block; a second process is refused in one line.
+    The kernel releases the lock when the process dies, so a crash never leaves the folder locked."""
+    folder = Path(folder)
+    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise VaeExportError(f"{folder} is in use by another vae-export run (pid {owner}); "
+                                 "wait for it to finish or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -62,13 +184,17 @@ def staged_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
     """A hidden folder inside `out_dir` to write a set of files into; they replace out_dir's files
     only if the block finishes (e.g. after a check of the set), and vanish otherwise."""
     out_dir = writable_dir(out_dir)
-    stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
+    sweep_stale(out_dir)
+    stage = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir))
+    fd = _locked_fd(stage)  # live while we hold it: a concurrent sweep leaves it alone
     try:
         yield stage
         for path in sorted(stage.iterdir()):
             os.replace(path, out_dir / path.name)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+        if fd is not None:
+            os.close(fd)
 
 
 def sha256_file(path: str | os.PathLike) -> str:

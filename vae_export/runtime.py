@@ -8,6 +8,8 @@ applications can embed `decoder.onnx` with two dependencies.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import threading
@@ -23,8 +25,6 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 MAX_MODEL_BYTES = 256 * 2**20       # our models are 1-2 MB; refuse anything absurd before parsing it
 BOUND_BATCH = 64                    # up to this batch, decode through a reused IO binding (see Decoder)
 LATENT_CHUNK = 4096                 # latents come in fixed chunks, so samples do not depend on batch size
-GPU_HELP = ("install GPU support with `make install-gpu` (swaps onnxruntime for onnxruntime-gpu; "
-            "the two must never be installed together) on a machine with CUDA 12+ and cuDNN 9")
 
 ort.set_default_logger_severity(3)  # errors only: a CUDA provider that fails to load is reported by us
 
@@ -60,26 +60,46 @@ def open_session(model: bytes, provider: str = "cpu", threads: int | None = None
     """A session on the provider asked for, verified: onnxruntime silently falls back to the CPU when
     the CUDA provider cannot load, so we check what the session really got.
 
-    The model comes as bytes, so onnxruntime has no folder to resolve external-data files against:
-    a file that points outside itself fails to load instead of reading arbitrary paths.
+    Where CUDA cannot load, `auto` falls back without a word (onnxruntime's own complaints, on stdout
+    and stderr, are held back: stdout carries data), and `cuda` is refused in one line.
     """
     if provider not in (*PROVIDERS, "auto"):
         raise UsageError(f"unknown provider {provider!r}; expected cpu, cuda or auto")
     threads = threads or physical_cores()
     available = ort.get_available_providers()
+    why = "this onnxruntime build has no CUDA provider"
     if provider in ("cuda", "auto") and PROVIDERS["cuda"] in available:
+        held = io.StringIO()
+        with contextlib.redirect_stdout(held), contextlib.redirect_stderr(held):
+            try:
+                ort.preload_dlls()  # reuse the CUDA/cuDNN libraries that torch's nvidia-* wheels installed
+            except Exception:  # noqa: BLE001 - missing libraries surface below as a CPU-only session
+                pass
+        ort.set_default_logger_severity(4)  # the provider bridge logs its load failure as an error
         try:
-            ort.preload_dlls()  # reuse the CUDA/cuDNN libraries that torch's nvidia-* wheels installed
-        except Exception:  # noqa: BLE001 - missing libraries surface below as a CPU-only session
-            pass
-        session = _create(model, threads, [PROVIDERS["cuda"], PROVIDERS["cpu"]])
+            session = _create(model, threads, [PROVIDERS["cuda"], PROVIDERS["cpu"]])
+        finally:
+            ort.set_default_logger_severity(3)
         if session.get_providers()[0] == PROVIDERS["cuda"]:
             return session
+        missing = [line.split(":")[0].removeprefix("Failed to load ") for line in held.getvalue().splitlines()
+                   if line.startswith("Failed to load ")]
+        why = ("the CUDA provider failed to load (" + (f"{', '.join(missing)} not found" if missing else
+               "CUDA or cuDNN libraries missing or mismatched") + ")")
     if provider == "cuda":
-        why = ("the CUDA provider failed to load (CUDA or cuDNN libraries missing or mismatched)"
-               if PROVIDERS["cuda"] in available else "this onnxruntime build has no CUDA provider")
-        raise ProviderUnavailable(f"--provider cuda: {why}; available: {', '.join(available)}; {GPU_HELP}")
+        raise ProviderUnavailable(f"--provider cuda: {why}; available: {', '.join(available)}; {gpu_help()}")
     return _create(model, threads, [PROVIDERS["cpu"]])
+
+
+def gpu_help() -> str:
+    """How to get the CUDA provider working, naming the CUDA major version this onnxruntime needs."""
+    try:
+        from onnxruntime.capi import build_and_package_info as build
+        cuda = f"CUDA {build.cuda_version.split('.')[0]}.x"
+    except (ImportError, AttributeError):  # the CPU wheel: `make install-gpu` brings the current GPU wheel
+        cuda = "the CUDA version onnxruntime-gpu is built for (https://onnxruntime.ai/docs/install/)"
+    return ("install GPU support with `make install-gpu` (swaps onnxruntime for onnxruntime-gpu; the two must "
+            f"never be installed together) on a machine with {cuda} and cuDNN 9")
 
 
 class _Model:
@@ -107,22 +127,31 @@ class _Model:
         for value in [*self.session.get_inputs(), *self.session.get_outputs()]:
             if value.type != "tensor(float)":
                 raise ArtifactError(f"{self.path}: {value.name} is {value.type}, expected tensor(float)")
-        want = [self.metadata["latent_dim"]] if self.role == "decoder" else self.metadata["image_shape"]
-        got = self.session.get_inputs()[0].shape
-        if len(got) != 1 + len(want) or list(got[1:]) != list(want):
-            raise ArtifactError(f"{self.path}: input {self.inputs[0]} has shape {got}, but its metadata "
-                                f"promises (batch_size, {', '.join(map(str, want))})")
+        latent, image = self.metadata["latent_dim"], self.metadata["image_shape"]
+        if not (_positive_ints([latent]) and isinstance(image, list) and len(image) == 3 and _positive_ints(image)):
+            raise ArtifactError(f"{self.path}: metadata latent_dim {latent!r} / image_shape {image!r} is not "
+                                "a positive size / three positive sizes")
+        shapes = {"latent_sample": [latent], "sample": image, "mu": [latent], "logvar": [latent]}
+        for value in [*self.session.get_inputs(), *self.session.get_outputs()]:
+            got, want = value.shape, shapes[value.name]
+            if len(got) != 1 + len(want) or list(got[1:]) != list(want):
+                raise ArtifactError(f"{self.path}: {value.name} has shape {got}, but its metadata "
+                                    f"promises (batch_size, {', '.join(map(str, want))})")
 
     @property
     def image_shape(self) -> tuple[int, ...]:
         return tuple(self.metadata["image_shape"])
 
     def _validated(self, x: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
-        x = np.asarray(x)
+        try:
+            x = np.asarray(x)
+        except (ValueError, TypeError) as e:  # ragged nested lists, objects numpy cannot make an array of
+            raise UsageError(f"{what} must be an array of shape (batch, {', '.join(map(str, shape))}): {first_line(e)}") from None
         if x.dtype != np.float32:
             if not np.issubdtype(x.dtype, np.floating):
                 raise UsageError(f"{what} must be floating point, got {x.dtype}")
-            x = x.astype(np.float32)
+            with np.errstate(over="ignore"):  # values beyond float32 become inf, refused just below
+                x = x.astype(np.float32)
         if x.ndim != 1 + len(shape) or x.shape[1:] != shape or x.shape[0] == 0:
             raise UsageError(f"{what} must have shape (batch, {', '.join(map(str, shape))}), got {x.shape}")
         if not np.isfinite(x).all():
@@ -213,6 +242,10 @@ class Encoder(_Model):
         return mu, logvar
 
 
+def _positive_ints(values: list) -> bool:
+    return all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
+
+
 def latent_slice(seed: int, start: int, stop: int, dim: int) -> np.ndarray:
     """(stop - start, dim) standard-normal float32 latents; chunk k of LATENT_CHUNK rows comes from
     its own generator seeded with (seed, k), so any batching of the same range gives the same rows."""
@@ -241,12 +274,89 @@ def _loaded(path: Path, make):
 
 
 def _read_model(path: Path) -> bytes:
+    """The model's bytes, refused if any tensor in it points at external data: onnxruntime would
+    read that file relative to the current folder, so an untrusted model could pull in any file."""
     if not path.is_file():
         raise ArtifactError(f"no model at {path}")
     size = path.stat().st_size
     if size > MAX_MODEL_BYTES:
         raise ArtifactError(f"{path} is {size} bytes, over the {MAX_MODEL_BYTES}-byte cap for a VAE model")
-    return path.read_bytes()
+    data = path.read_bytes()
+    try:
+        external = _external_tensor(memoryview(data), "model", 0)
+    except ValueError as e:
+        raise ArtifactError(f"{path} is not an ONNX file ({e})") from None
+    if external:
+        raise ArtifactError(f"{path}: tensor {external} stores its data in an external file; "
+                            "vae-export models must be single files")
+    return data
+
+
+# Where tensors live in an ONNX ModelProto, by protobuf field number (onnx/onnx.proto): for each
+# message type, the fields that hold messages which may contain a TensorProto.
+_ONNX_MESSAGES: dict[str, dict[int, str]] = {
+    "model": {7: "graph", 20: "training", 25: "function"},
+    "training": {1: "graph", 2: "graph"},
+    "graph": {1: "node", 5: "tensor", 15: "sparse"},
+    "function": {7: "node"},
+    "node": {5: "attribute"},
+    "attribute": {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse", 23: "sparse"},
+    "sparse": {1: "tensor", 2: "tensor"},
+}
+_TENSOR_NAME, _TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION = 8, 13, 14
+
+
+def _external_tensor(buf: memoryview, kind: str, depth: int) -> str | None:
+    """The name of the first tensor that uses external data, or None: a scan of the protobuf wire
+    format (no `onnx` package, no file access). Raises ValueError on malformed data."""
+    if depth > 64:
+        raise ValueError("nested too deeply")
+    name, external = "", False
+    for field, value in _wire_fields(buf):
+        if kind == "tensor":
+            if field == _TENSOR_NAME and isinstance(value, memoryview):
+                name = bytes(value).decode(errors="replace")
+            external |= field == _TENSOR_EXTERNAL_DATA or (field == _TENSOR_DATA_LOCATION and value != 0)
+        elif field in _ONNX_MESSAGES[kind] and isinstance(value, memoryview):
+            found = _external_tensor(value, _ONNX_MESSAGES[kind][field], depth + 1)
+            if found is not None:
+                return found
+    return (repr(name) if name else "(unnamed)") if external else None
+
+
+def _wire_fields(buf: memoryview):
+    """(field number, value) of each field in one protobuf message: an int, or a memoryview for
+    length-delimited fields (submessages, strings, packed arrays)."""
+    pos, end = 0, len(buf)
+
+    def varint() -> int:
+        nonlocal pos
+        result = shift = 0
+        while True:
+            if pos >= end or shift > 63:
+                raise ValueError("truncated or malformed varint")
+            byte = buf[pos]
+            pos += 1
+            result |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                return result
+
+    while pos < end:
+        key = varint()
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value = varint()
+        elif wire in (1, 5):
+            value, pos = None, pos + (8 if wire == 1 else 4)
+        elif wire == 2:
+            length = varint()
+            value, pos = buf[pos: pos + length], pos + length
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+        if pos > end or field == 0:
+            raise ValueError("truncated or malformed protobuf")
+        yield field, value
 
 
 def _metadata(session: ort.InferenceSession, path: Path) -> dict[str, Any]:

@@ -9,6 +9,7 @@ that step, since onnxruntime writes each batch straight into its slice of the ma
 
 from __future__ import annotations
 
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,8 +18,8 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import UsageError, VaeExportError
-from .files import atomic_open, atomic_path
+from .errors import UsageError
+from .files import atomic_open, atomic_path, check_writable, require_free_space, require_memory
 from .latents import interpolate, manifold_latents
 from .runtime import Decoder, latent_slice
 
@@ -43,6 +44,20 @@ def check_out_path(path: Path) -> None:
         raise UsageError(f"--out must end in {' or '.join(SUFFIXES)}, got {path.name!r}")
     if not path.parent.is_dir():
         raise UsageError(f"--out folder {path.parent} does not exist")
+    check_writable(path)
+
+
+def check_job_size(path: Path, n: int, batch_size: int, image_shape: tuple[int, ...], dtype: str = "float32") -> None:
+    """Refuse, before any work, a job that cannot finish: a .npy larger than the free space on its disk,
+    or more in memory than is available (a .png grid holds every image; a batch holds its buffers).
+    There is no override: to write more than a disk holds, shard (several files, one --seed each)."""
+    pixels = math.prod(image_shape)
+    if path.suffix == ".png":
+        # float32 batches and their concatenation (8 bytes a pixel), grid()'s float copy (4), uint8 pixels and canvas (2)
+        require_memory(n * pixels * 14, f"a .png grid of {n:,} images (held in memory)")
+        return
+    require_free_space(path, 128 + n * pixels * np.dtype(DTYPES[dtype]).itemsize, f"{n:,} samples as {dtype}")
+    require_memory(3 * min(batch_size, n) * pixels * 4, f"--batch-size {batch_size:,}")
 
 
 def sample_to_file(decoder: Decoder, path: Path, n: int, *, seed: int = 0, batch_size: int = 8192,
@@ -51,6 +66,8 @@ def sample_to_file(decoder: Decoder, path: Path, n: int, *, seed: int = 0, batch
     if n <= 0 or batch_size <= 0:
         raise UsageError(f"-n and --batch-size must be > 0, got {n} and {batch_size}")
     check_out_path(path)
+    batch_size = min(batch_size, n)   # the same samples whatever the batch size: no buffer larger than the job
+    check_job_size(path, n, batch_size, decoder.image_shape, dtype)
     t0 = time.perf_counter()
     if path.suffix == ".png":
         save_png_grid(decoder.sample(n, seed=seed, batch_size=batch_size), path)
@@ -62,6 +79,7 @@ def sample_to_file(decoder: Decoder, path: Path, n: int, *, seed: int = 0, batch
 def decode_to_file(decoder: Decoder, z: np.ndarray, path: Path, dtype: str = "float32", nrow: int | None = None) -> None:
     """Decode given latents (an interpolation, a manifold grid) into .npy or a .png grid."""
     check_out_path(path)
+    check_job_size(path, len(z), len(z), decoder.image_shape, dtype)
     images = decoder.decode(z)
     if path.suffix == ".png":
         save_png_grid(images, path, nrow=nrow)
@@ -142,22 +160,3 @@ def save_png_grid(images: np.ndarray, path: Path, nrow: int | None = None, paddi
     with atomic_path(path) as tmp:
         Image.fromarray(grid(images, nrow, padding)).save(tmp, format="PNG")
 
-
-def read_images(paths: list[Path]) -> np.ndarray:
-    """Images from .npy arrays ((N, H, W) or (N, 1, H, W), float in [0, 1] or uint8) or grayscale .png
-    files, as float32 (N, 1, H, W) in [0, 1]. The encoder validates the shape."""
-    arrays = []
-    for path in paths:
-        try:
-            if path.suffix == ".png":
-                from PIL import Image
-
-                a = np.asarray(Image.open(path).convert("L"))[None]
-            else:
-                a = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise VaeExportError(f"cannot read images from {path}: {e}") from None
-        if a.dtype == np.uint8:
-            a = a.astype(np.float32) / 255
-        arrays.append(a[:, None] if a.ndim == 3 else a)
-    return np.concatenate(arrays).astype(np.float32, copy=False)

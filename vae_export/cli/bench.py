@@ -28,12 +28,19 @@ def bench(
     CPU/CUDA), every output checked against eager first; training throughput per preset."""
     from ..bench import run_bench
     from ..bench_report import plot_report, print_report
-    from ..files import write_json
+    from ..files import check_writable, write_json
 
     try:
         sizes = [int(b) for b in batch_sizes.split(",")]
     except ValueError:
-        raise typer.BadParameter(f"--batch-sizes must be integers separated by commas, got {batch_sizes!r}") from None
+        sizes = []
+    if not sizes or not all(0 < b <= 2**20 for b in sizes):
+        raise typer.BadParameter(f"--batch-sizes must be integers 1..{2**20} separated by commas, got {batch_sizes!r}")
+    if plot and plot.suffix != ".png":
+        raise typer.BadParameter(f"--plot must end in .png, got {plot.name!r}")
+    for path in (report, plot):  # before minutes of benchmarking, not after
+        if path:
+            check_writable(path)
     result = run_bench(shipped(checkpoint, "checkpoint.pt"), sizes,
                        [p.strip() for p in providers.split(",")], repeats, train,
                        log=None if quiet else (lambda line: err.print(line, markup=False)),

@@ -3,9 +3,12 @@ turns library errors into one line and an exit code, and the option types used b
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
+import signal
 import sys
+import threading
 from enum import Enum
 from importlib import resources
 from pathlib import Path
@@ -16,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from .. import __version__
-from ..errors import VaeExportError
+from ..errors import Terminated, VaeExportError, first_line
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -39,21 +42,28 @@ DataDir = Annotated[Optional[Path], typer.Option(help="Dataset root, for parity 
 
 
 def command(fn: Callable) -> Callable:
-    """Register `fn` as a command whose library errors become one line and an exit code."""
+    """Register `fn` as a command whose library errors become one line and an exit code. SIGTERM is
+    raised as `Terminated` (a KeyboardInterrupt) for the command's duration, so it cleans up like Ctrl-C."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with _sigterm_raises():
+                return fn(*args, **kwargs)
         except VaeExportError as e:
-            err.print(f"[red]error:[/] {e}", markup=True, highlight=False)
+            err.print(f"[red]error:[/] {escape(str(e))}", markup=True, highlight=False)  # paths may hold [brackets]
             raise typer.Exit(e.exit_code) from None
         except OSError as e:  # a full disk, a permission, a read-only folder: the user's to fix
-            err.print(f"[red]error:[/] {e.strerror or e}: {e.filename or ''}".rstrip(": "), markup=True)
+            where = f"{e.filename}: " if e.filename else ""
+            err.print(f"[red]error:[/] {escape(where + (e.strerror or first_line(e)))}", markup=True, highlight=False)
             raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            err.print("interrupted", markup=False)
-            raise typer.Exit(130) from None
+        except MemoryError:
+            err.print("[red]error:[/] out of memory; try a smaller --batch-size or -n", markup=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt as e:  # Ctrl-C 130, SIGTERM 143: 128 + the signal, as shells report it
+            terminated = isinstance(e, Terminated)
+            err.print("terminated" if terminated else "interrupted", markup=False)
+            raise typer.Exit(128 + (signal.SIGTERM if terminated else signal.SIGINT)) from None
 
     return app.command()(wrapper)
 
@@ -78,6 +88,24 @@ def _print_version(value: bool) -> None:
     if value:
         out.print(f"vae-export {__version__}")
         raise typer.Exit()
+
+
+@contextlib.contextmanager
+def _sigterm_raises():
+    """SIGTERM raises Terminated in the main thread (signals can only be handled there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not interrupt the cleanup
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @app.callback()

@@ -57,9 +57,10 @@ def _export(checkpoint: Path, out_dir: Path, write, data_dir, quiet: bool, next_
     a failed export never replaces a good one."""
     from ..checkpoint import load_model
     from ..export import write_manifest
-    from ..files import sha256_file, staged_dir
+    from ..files import check_writable, sha256_file, staged_dir
     from ..parity import check_parity, real_images
 
+    check_writable(out_dir, folder=True)
     model, state = load_model(checkpoint)
     images = real_images(state.get("settings", {}).get("dataset", "mnist"), data_dir)
     with staged_dir(out_dir) as stage:
@@ -88,8 +89,11 @@ def parity(
 ):
     """Check every artifact in DIRECTORY against the eager model rebuilt from CHECKPOINT."""
     from ..checkpoint import load_model
+    from ..files import check_writable
     from ..parity import artifacts_in, check_parity, real_images
 
+    if report:
+        check_writable(report)
     model, state = load_model(checkpoint)
     paths = artifacts_in(directory)
     images = real_images(state.get("settings", {}).get("dataset", "mnist"), data_dir)

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import VaeExportError
+from ..errors import UsageError
 from .common import Device, Quiet, command, err, out, shipped, shipped_dir
 
 
@@ -23,7 +23,7 @@ def sample(
     model: Annotated[Optional[Path], typer.Option(help="decoder.onnx [default: the shipped artifacts/mlp model].")] = None,
     n: Annotated[int, typer.Option("-n", min=1, help="Number of samples (.png: the grid holds all of them).")] = 64,
     batch_size: Annotated[int, typer.Option(min=1)] = 8192,
-    seed: Annotated[int, typer.Option(help="Same seed, same samples, on every provider and batch size.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Same seed, same samples, on every provider and batch size.")] = 0,
     provider: Annotated[Device, typer.Option(help="cuda fails clearly if CUDA cannot really run; auto falls back.")] = Device.cpu,
     dtype: Annotated[OutDtype, typer.Option(help="For .npy: float32 in [0, 1], or uint8 in 0..255.")] = OutDtype.float32,
     interpolate: Annotated[Optional[tuple[int, int]], typer.Option(help="Decode -n steps between the latents of two seeds.")] = None,
@@ -36,8 +36,14 @@ def sample(
     from ..runtime import Decoder
 
     sampling.check_out_path(out_path)
+    if out_path.suffix == ".png" and dtype != OutDtype.float32:
+        raise UsageError("--dtype applies to .npy output; a .png grid is always 8-bit")
+    if interpolate and min(interpolate) < 0:
+        raise UsageError(f"--interpolate seeds must be >= 0, got {interpolate[0]} {interpolate[1]}")
     decoder = Decoder(shipped(model, "decoder.onnx"), provider=provider.value)
     if interpolate or manifold:
+        steps = 900 if manifold else n
+        sampling.check_job_size(out_path, steps, steps, decoder.image_shape, dtype.value)  # before the latents exist
         z = sampling.manifold(decoder) if manifold else sampling.interpolation_latents(decoder, interpolate, n)
         sampling.decode_to_file(decoder, z, out_path, dtype.value, nrow=30 if manifold else n)
         out.print(f"{out_path}: {len(z)} images ({'manifold' if manifold else 'interpolation'}), provider {decoder.provider}")
@@ -48,7 +54,7 @@ def sample(
     out.print(f"{out_path}: {n} samples, provider {stats.provider}, {stats.seconds:.2f} s, {stats.per_second:,.0f} samples/s")
 
 
-Images = Annotated[list[Path], typer.Argument(help="Images: .npy arrays (N, 28, 28) or (N, 1, 28, 28), float in [0, 1] or uint8; or 28x28 grayscale .png files.")]
+Images = Annotated[list[Path], typer.Argument(help="Images: .npy arrays (N, C, H, W), or (N, H, W) for one channel, uint8 0..255 or float 0..1; or H x W grayscale/RGB .png files (README: Reliability).")]
 
 
 @command
@@ -61,14 +67,16 @@ def encode(
     """Encode images to latent means and log-variances through the ONNX encoder."""
     import numpy as np
 
-    from ..files import atomic_open
+    from ..files import atomic_open, check_writable
+    from ..images import read_images
     from ..runtime import Encoder
-    from ..sampling import read_images
 
     if out_path.suffix != ".npz":
-        raise VaeExportError(f"--out must end in .npz, got {out_path.name!r}")
-    x = read_images(images)
-    mu, logvar = Encoder(shipped(model, "encoder.onnx"), provider=provider.value).encode(x)
+        raise UsageError(f"--out must end in .npz, got {out_path.name!r}")
+    check_writable(out_path)
+    encoder = Encoder(shipped(model, "encoder.onnx"), provider=provider.value)
+    x = read_images(images, encoder.image_shape)
+    mu, logvar = encoder.encode(x)
     with atomic_open(out_path) as f:
         np.savez(f, mu=mu, logvar=logvar)
     out.print(f"{out_path}: mu and logvar of {len(x)} images, latent_dim {mu.shape[1]}")
@@ -85,13 +93,16 @@ def reconstruct(
     import numpy as np
 
     from .. import sampling
+    from ..images import read_images
     from ..runtime import Decoder, Encoder
 
     sampling.check_out_path(out_path)
-    x = sampling.read_images(images)
     folder = model_dir or shipped_dir()
-    mu, _ = Encoder(folder / "encoder.onnx", provider=provider.value).encode(x)
+    encoder = Encoder(folder / "encoder.onnx", provider=provider.value)
     decoder = Decoder(folder / "decoder.onnx", provider=provider.value)
+    x = read_images(images, encoder.image_shape)
+    sampling.check_job_size(out_path, 2 * len(x), len(x), decoder.image_shape)
+    mu, _ = encoder.encode(x)
     if out_path.suffix == ".png":
         recon = decoder.decode(mu)
         sampling.save_png_grid(np.concatenate([x, recon]), out_path, nrow=len(x))

@@ -25,37 +25,49 @@ class Likelihood(str, Enum):
     gaussian = "gaussian"
 
 
+SEED_MAX = 2**63 - 2          # torch seeds are 64-bit; the noise generator takes seed + 1
+SIZE_MAX = 2**31 - 1          # torch indexes batches and slices with 32/64-bit integers
+
+
 @command
 @needs_train_extra
 def train(
-    preset: Annotated[Preset, typer.Option(help="Architecture preset.")] = Preset.mlp,
-    epochs: Annotated[int, typer.Option(min=1, help="Total epochs to reach (also with --resume).")] = 10,
-    batch_size: Annotated[int, typer.Option(min=1)] = 128,
-    lr: Annotated[float, typer.Option(help="Adam learning rate (> 0).")] = 1e-3,
-    latent_dim: Annotated[Optional[int], typer.Option(min=1, help="Override the preset's latent size.")] = None,
+    preset: Annotated[Optional[Preset], typer.Option(help="Architecture preset.", show_default="mlp")] = None,
+    epochs: Annotated[int, typer.Option(min=1, max=SIZE_MAX, help="Total epochs to reach (also with --resume).")] = 10,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, max=SIZE_MAX, show_default="128")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Adam learning rate (> 0).", show_default="0.001")] = None,
+    latent_dim: Annotated[Optional[int], typer.Option(min=1, max=2**16, help="Override the preset's latent size.")] = None,
     beta: Annotated[Optional[float], typer.Option(min=0.0, help="KL weight (1 = the ELBO).")] = None,
     likelihood: Annotated[Optional[Likelihood], typer.Option(help="Override the preset's likelihood.")] = None,
-    dataset: Annotated[Dataset, typer.Option()] = Dataset.mnist,
+    dataset: Annotated[Optional[Dataset], typer.Option(show_default="mnist")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="Dataset root [default: $VAE_EXPORT_DATA or ~/.cache/vae-export/data].")] = None,
     device: Annotated[Device, typer.Option(help="auto picks CUDA when torch sees a GPU.")] = Device.auto,
-    seed: Annotated[int, typer.Option()] = 1,
-    patience: Annotated[Optional[int], typer.Option(min=1, help="Stop after N epochs without a better test loss.")] = None,
-    limit: Annotated[Optional[int], typer.Option(min=1, help="Use only the first N images of each split.")] = None,
+    seed: Annotated[Optional[int], typer.Option(min=0, max=SEED_MAX, show_default="1")] = None,
+    patience: Annotated[Optional[int], typer.Option(min=1, max=SIZE_MAX, help="Stop after N epochs without a better test loss.")] = None,
+    limit: Annotated[Optional[int], typer.Option(min=1, max=SIZE_MAX, help="Use only the first N images of each split.")] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Run folder [default: runs/PRESET].")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its checkpoint.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its checkpoint (only --epochs, --device, --data-dir may change).")] = False,
     quiet: Quiet = False,
 ):
     """Train a VAE; writes checkpoint.pt, metrics.jsonl and figures into --out after every epoch."""
     from training.train import TrainSettings, train as run_training  # torch loads only for commands that need it
 
     from ..config import make_config
+    from ..errors import UsageError
+    from ..files import check_writable
     from ..progress import TrainProgress
 
-    config = make_config(preset.value, latent_dim=latent_dim, beta=beta,
+    saved = {"--preset": preset, "--batch-size": batch_size, "--lr": lr, "--latent-dim": latent_dim, "--beta": beta,
+             "--likelihood": likelihood, "--dataset": dataset, "--seed": seed, "--patience": patience, "--limit": limit}
+    if resume and any(v is not None for v in saved.values()):  # these come from the checkpoint: refuse, never drop
+        raise UsageError(f"--resume continues with the checkpoint's own settings; drop "
+                         f"{', '.join(k for k, v in saved.items() if v is not None)}")
+    preset_name = preset.value if preset else "mlp"
+    config = make_config(preset_name, latent_dim=latent_dim, beta=beta,
                          likelihood=likelihood.value if likelihood else None)
-    settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, dataset=dataset.value,
-                             patience=patience, limit=limit)
-    out_dir = out_dir or Path("runs") / preset.value
+    given = {"batch_size": batch_size, "lr": lr, "seed": seed, "dataset": dataset.value if dataset else None}
+    settings = TrainSettings(epochs=epochs, patience=patience, limit=limit, **{k: v for k, v in given.items() if v is not None})
+    out_dir = check_writable(out_dir or Path("runs") / preset_name, folder=True)
     progress = TrainProgress(err, epochs, quiet)
     with progress:
         metrics = run_training(config, settings, out_dir, data_dir=data_dir, device=device.value, resume=resume,
@@ -67,5 +79,3 @@ def train(
               f"(recon {last['test_recon']:.2f}, KL {last['test_kl']:.2f}), {sum(m['seconds'] for m in metrics):.1f} s training")
     if not quiet:
         err.print(f"next: vae-export onnx {out_dir / 'checkpoint.pt'} --out {out_dir / 'export'}")
-
-
