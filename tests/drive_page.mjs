@@ -6,7 +6,7 @@
 // Debian's Chromium ($CHROMIUM, default /usr/bin/chromium) through playwright-core: no browser download.
 // The page is loaded, "Sample" clicked, the first slider moved; for a 2-D latent a manifold tile is
 // clicked and the latent plane dragged; a second model (int8), if any, is selected. Decoded pixels come
-// from the page's window.vae hook and from the drawn canvases; the grid decode is then timed over 20
+// from the page's window.vae hook and from the drawn canvases; the grid decode is then timed over 10
 // more clicks (in real time: no virtual clock).
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -31,20 +31,20 @@ try {
   page.on('request', (r) => !r.url().startsWith(url) && problems.push(`request outside the site: ${r.url()}`));
 
   const settle = () => page.evaluate(() => window.vae.idle());
-  const snapshot = () => page.evaluate(() => {
+  const snapshot = (withManifold = false) => page.evaluate((withManifold) => {
     const { grid, single, manifold, variant } = window.vae.state;
     const red = (id) => { const c = document.getElementById(id); return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data.filter((_, i) => i % 4 === 0)); };
     return {
       variant,
       grid: { latents: Array.from(grid.latents), pixels: Array.from(grid.pixels), canvas: red('grid') },
       single: { latent: Array.from(single.latent), pixels: Array.from(single.pixels), canvas: red('single') },
-      manifold: manifold && { latents: Array.from(manifold.latents), pixels: Array.from(manifold.pixels) },
+      manifold: withManifold && manifold && { latents: Array.from(manifold.latents), pixels: Array.from(manifold.pixels) },
     };
-  });
+  }, withManifold);
 
   await page.goto(url);
   await page.evaluate(() => window.vae.ready);
-  const loaded = await snapshot();
+  const loaded = await snapshot(true);
   await page.click('#sample');
   await settle();
   await page.locator('#sliders input').first().fill('1.5');
@@ -52,10 +52,12 @@ try {
   const result = { loaded, sampled: await snapshot(), problems };
 
   if (loaded.manifold) {
-    const box = await page.locator('#manifold').boundingBox();
+    await page.locator('#manifold').scrollIntoViewIfNeeded();
+    const box = await page.locator('#manifold').boundingBox();          // in viewport coordinates
     await page.mouse.click(box.x + ((TILE + 0.5) / 30) * box.width, box.y + ((TILE + 0.5) / 30) * box.height);
     await settle();
     result.tile = { column: TILE, row: TILE, ...(await snapshot()).single };
+    await page.locator('#plane').scrollIntoViewIfNeeded();
     const plane = await page.locator('#plane').boundingBox();
     await page.mouse.move(plane.x + plane.width * 0.5, plane.y + plane.height * 0.5);
     await page.mouse.down();
@@ -72,7 +74,7 @@ try {
   }
 
   const start = await page.evaluate(() => window.vae.state.timings.grid.length);
-  for (let i = 0; i < 20; i++) { await page.click('#sample'); await settle(); }
+  for (let i = 0; i < 10; i++) { await page.click('#sample'); await settle(); }
   result.timings = await page.evaluate((n) => ({ ...window.vae.state.timings, grid: window.vae.state.timings.grid.slice(n) }), start);
   result.threads = await page.evaluate(() => self.crossOriginIsolated);
 

@@ -100,7 +100,7 @@ def test_page_in_chromium_decodes_what_python_decodes(exports, preset, tmp_path)
     assert_decodes_like_python(decoder, single["latent"], single["pixels"], single["canvas"])
     assert page["phone"]["scrollWidth"] <= page["phone"]["width"]    # nothing sticks out on a 390 px phone
     print(f"\n{preset}: screenshots {tmp_path}/desktop.png, phone.png; grid of 64 decoded in "
-          f"{np.median(page['timings']['grid']):.1f} ms (median of 20) in Chromium")
+          f"{np.median(page['timings']['grid']):.1f} ms (median of 10) in Chromium")
 
     if preset == "conv":                                             # the 30x30 manifold and the latent plane
         manifold = page["loaded"]["manifold"]

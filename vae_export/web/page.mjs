@@ -175,7 +175,7 @@ function sample() {
 async function main() {
   [site, meta] = await Promise.all(['site.json', 'decoder.json'].map(async (f) => (await fetch(f)).json()));
   $('about').textContent = `${meta.preset} decoder: ${meta.latent_dim}-D latent -> ${meta.image_shape.join('x')} image, ` +
-    `trained ${meta.epochs_trained} epochs on ${meta.dataset} (test loss ${(+meta.test_loss).toFixed(1)} nats/image).`;
+    `trained ${meta.epochs_trained} epoch${meta.epochs_trained === 1 ? '' : 's'} on ${meta.dataset} (test loss ${(+meta.test_loss).toFixed(1)} nats/image).`;
   if (site.models.length > 1) {
     $('variant').replaceChildren(...site.models.map((m) => new Option(m.label, m.file)));
     $('variant').addEventListener('change', (e) => { switching = useVariant(e.target.value); });
