@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,8 @@ def assert_decodes_like_python(decoder: Decoder, latents, pixels, canvas=None, a
 def test_page_in_chromium_decodes_what_python_decodes(exports, preset, tmp_path):
     need("node", "chromium", "npm ci")
     with served(exports[preset], tmp_path / "site") as url:
+        wasm = urllib.request.urlopen(urllib.request.Request(f"{url}ort/ort-wasm-simd-threaded.wasm", method="HEAD"))
+        assert wasm.headers["Content-Type"] == "application/wasm"    # else browsers refuse to stream-compile it
         subprocess.run(["node", str(REPO / "tests" / "drive_page.mjs"), url, str(tmp_path)], check=True, timeout=120)
     page = json.loads((tmp_path / "page.json").read_text())
     decoder = Decoder(exports[preset] / "decoder.onnx")
