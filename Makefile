@@ -7,11 +7,12 @@ export VAE_EXPORT_DATA ?= $(abspath ../shared/data)
 
 install: $(STAMP)
 
-# Re-installs only when pyproject.toml changes (a second `make install` does nothing).
-$(STAMP): pyproject.toml
+# Re-installs only when pyproject.toml or package-lock.json changes (a second `make install` does nothing).
+$(STAMP): pyproject.toml package-lock.json
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[train,dev]'
+	if command -v npm >/dev/null; then npm ci --ignore-scripts --no-audit --no-fund; else echo "npm not found: skipping onnxruntime-web (vae-export web and its tests need Node.js)"; fi
 	touch $(STAMP)
 
 # Swap the CPU onnxruntime for onnxruntime-gpu (same module name: never both at once).

@@ -209,3 +209,21 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     with atomic_open(path, "w") as f:
         json.dump(obj, f, indent=2)
         f.write("\n")
+
+
+@contextlib.contextmanager
+def replaced_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """A fresh folder beside `out_dir` to build a whole tree in; it takes out_dir's place (the old
+    tree is deleted) only if the block finishes, and vanishes otherwise: never a half-built tree."""
+    out_dir = Path(out_dir)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-", dir=writable_dir(out_dir.parent)))
+    os.chmod(stage, 0o777 & ~_UMASK)  # mkdtemp makes 0700; give the folder the mode mkdir would
+    old = stage.with_name(stage.name + "-old")
+    try:
+        yield stage
+        if out_dir.exists():
+            os.replace(out_dir, old)
+        os.replace(stage, out_dir)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,170 @@
+"""Build the static page that decodes in the visitor's browser (onnxruntime-web, WebAssembly), and serve it.
+
+    vae-export web artifacts/mlp --out site --serve
+
+The site is self-contained: the page (vae_export/web/), the decoder and its decoder.json sidecar, and the
+three onnxruntime-web files the page imports. Those come from npm, pinned by the repo's
+package-lock.json: from `node_modules/` after `npm ci` in a checkout, else `npm ci` into a cache folder
+on first use. Torch-free: numpy, onnxruntime and the standard library.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Callable
+
+from .errors import ArtifactError, UsageError, VaeExportError, first_line
+from .files import replaced_dir, write_json
+from .latents import manifold_latents
+from .runtime import Decoder
+
+TEMPLATE = Path(__file__).with_name("web")
+PAGE = ("index.html", "page.mjs", "decoder.mjs", "style.css")
+NPM_PROJECT = TEMPLATE / "npm"           # package.json + package-lock.json (links to the repo root's ones)
+ORT_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
+VARIANTS = (("decoder.onnx", "fp32"), ("decoder.int8.onnx", "int8"))   # what the page can switch between
+SITE_MARK = "site.json"                  # a folder holding this was built by us, and may be replaced
+
+
+@dataclass
+class Site:
+    path: Path
+    models: list[str]
+    ort_version: str
+    bytes: int
+
+
+def build_site(export_dir: str | os.PathLike, out_dir: str | os.PathLike, ort_dist: Path | None = None) -> Site:
+    """Write the site for the decoder in export_dir into out_dir, whole or not at all."""
+    export_dir, out_dir = Path(export_dir), Path(out_dir)
+    meta = _checked_export(export_dir)
+    models = [name for name, _ in VARIANTS if (export_dir / name).is_file()]
+    for name in models[1:]:
+        _checked_decoder(export_dir / name, meta)
+    _check_out(out_dir, export_dir)
+    ort_dist = ort_dist or onnxruntime_web()
+    with replaced_dir(out_dir) as stage:
+        for name in PAGE:
+            shutil.copyfile(TEMPLATE / name, stage / name)
+        for name in ("decoder.json", *models):
+            shutil.copyfile(export_dir / name, stage / name)
+        (stage / "ort").mkdir()
+        for name in ORT_FILES:
+            shutil.copyfile(ort_dist / name, stage / "ort" / name)
+        site = {"producer": "vae-export web", "onnxruntime_web": _version(ort_dist.parent),
+                "models": [{"file": name, "label": label} for name, label in VARIANTS if name in models]}
+        if meta["latent_dim"] == 2:       # the page lays the manifold out on the same quantiles as Python
+            site["manifold"] = {"quantiles": [float(q) for q in manifold_latents()[:30, 0]]}
+        write_json(stage / SITE_MARK, site)
+        size = sum(p.stat().st_size for p in stage.rglob("*") if p.is_file())
+    return Site(out_dir, models, site["onnxruntime_web"], size)
+
+
+def _checked_export(export_dir: Path) -> dict:
+    """The sidecar of export_dir's decoder, after checking the decoder is one and the sidecar describes it."""
+    missing = [n for n in ("decoder.onnx", "decoder.json") if not (export_dir / n).is_file()]
+    if missing:
+        raise ArtifactError(f"{export_dir}: no {' or '.join(missing)}; expected a folder written by `vae-export onnx`")
+    try:
+        meta = json.loads((export_dir / "decoder.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ArtifactError(f"{export_dir / 'decoder.json'} is not JSON") from None
+    if not isinstance(meta, dict) or meta.get("producer") != "vae-export" or meta.get("role") != "decoder":
+        raise ArtifactError(f"{export_dir / 'decoder.json'} is not the sidecar of a vae-export decoder")
+    _checked_decoder(export_dir / "decoder.onnx", meta)
+    return meta
+
+
+def _checked_decoder(path: Path, meta: dict) -> None:
+    decoder = Decoder(path, threads=1)    # refuses an encoder, or any other model, in the decoder's place
+    for key in ("latent_dim", "image_shape"):
+        if decoder.metadata[key] != meta.get(key):
+            raise ArtifactError(f"{path}: {key} is {decoder.metadata[key]}, but decoder.json says {meta.get(key)}")
+
+
+def _check_out(out_dir: Path, export_dir: Path) -> None:
+    """Replace only a site we built (or an empty folder), never the export itself or someone's files."""
+    if out_dir.resolve() == export_dir.resolve() or export_dir.resolve().is_relative_to(out_dir.resolve()):
+        raise UsageError(f"--out {out_dir} would replace the export folder {export_dir}; choose another folder")
+    if out_dir.exists() and not (out_dir.is_dir() and ((out_dir / SITE_MARK).is_file() or not any(out_dir.iterdir()))):
+        raise UsageError(f"--out {out_dir} exists and is not a site built by `vae-export web`; choose another folder")
+
+
+def onnxruntime_web() -> Path:
+    """onnxruntime-web's dist/ folder at the version package-lock.json pins: from the checkout's
+    node_modules (`npm ci`), else from a cache folder that `npm ci` fills on first use."""
+    lock = NPM_PROJECT / "package-lock.json"
+    pinned = json.loads(lock.read_text())["packages"]["node_modules/onnxruntime-web"]["version"]
+    cache = _cache_dir() / f"npm-{hashlib.sha256(lock.read_bytes()).hexdigest()[:16]}"
+    for root in (lock.resolve().parent, cache):
+        package = root / "node_modules" / "onnxruntime-web"
+        if _version(package) == pinned:
+            return package / "dist"
+    _npm_ci(cache)
+    return cache / "node_modules" / "onnxruntime-web" / "dist"
+
+
+def _npm_ci(cache: Path) -> None:
+    npm = shutil.which("npm")
+    if npm is None:
+        raise VaeExportError("vae-export web needs npm once, to fetch onnxruntime-web: install Node.js "
+                             "(e.g. `apt-get install npm`), or run `npm ci` in a checkout of vae-export")
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{cache.name}.", dir=cache.parent))
+    try:
+        for name in ("package.json", "package-lock.json"):
+            shutil.copyfile(NPM_PROJECT / name, stage / name)
+        done = subprocess.run([npm, "ci", "--omit=dev", "--ignore-scripts", "--no-audit", "--no-fund"],
+                              cwd=stage, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise VaeExportError(f"npm ci (onnxruntime-web, into {cache}) failed: {first_line(done.stderr or done.stdout)}")
+        os.replace(stage, cache)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vae-export"
+
+
+def _version(package: Path) -> str | None:
+    try:
+        return json.loads((package / "package.json").read_text())["version"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+class SiteHandler(SimpleHTTPRequestHandler):
+    """Static files with the MIME types wasm needs (browsers refuse to stream-compile anything but
+    application/wasm), never cached, so a rebuilt site shows at once."""
+
+    extensions_map = {**SimpleHTTPRequestHandler.extensions_map, ".wasm": "application/wasm",
+                      ".mjs": "text/javascript", ".onnx": "application/octet-stream", ".json": "application/json"}
+
+    def end_headers(self) -> None:
+        self.send_header("Cache-Control", "no-store")
+        super().end_headers()
+
+
+def serve(site: str | os.PathLike, port: int, ready: Callable[[str], None]) -> None:
+    """Serve `site` on 127.0.0.1:port (0: any free port) until Ctrl-C; ready(url) is called once listening."""
+    handler = functools.partial(SiteHandler, directory=str(site))
+    try:
+        server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    except OSError as e:
+        raise UsageError(f"--port {port}: {e.strerror or e}") from None
+    with server:
+        ready(f"http://127.0.0.1:{server.server_port}/")
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
