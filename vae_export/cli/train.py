@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -42,10 +43,12 @@ def train(
     limit: Annotated[Optional[int], typer.Option(min=1, help="Use only the first N images of each split.")] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Run folder [default: runs/PRESET].")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its checkpoint.")] = False,
+    nproc: Annotated[int, typer.Option(min=1, help="Data-parallel processes on this machine (one per GPU); >1 runs torchrun.")] = 1,
     quiet: Quiet = False,
 ):
     """Train a VAE; writes checkpoint.pt, metrics.jsonl and figures into --out after every epoch."""
-    from training.train import TrainSettings, train as run_training  # torch loads only for commands that need it
+    from training import distributed  # torch loads only for commands that need it
+    from training.train import TrainSettings, train as run_training
 
     from ..config import make_config
     from ..progress import TrainProgress
@@ -55,12 +58,21 @@ def train(
     settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, dataset=dataset.value,
                              patience=patience, limit=limit)
     out_dir = out_dir or Path("runs") / preset.value
+    if nproc > 1:
+        raise typer.Exit(distributed.torchrun(nproc, ["train", *_without_option(sys.argv[2:], "--nproc")]))
+    world = distributed.World.from_env()
+    quiet = quiet or not world.is_main  # under torchrun, rank 0 alone reports
+    if world.size > 1 and not quiet:
+        err.print(f"{world.size} processes: effective batch {batch_size} "
+                  f"({-(-batch_size // world.size)} per process), lr {lr}")
     progress = TrainProgress(err, epochs, quiet)
     with progress:
         metrics = run_training(config, settings, out_dir, data_dir=data_dir, device=device.value, resume=resume,
                                on_batch=progress.batch, on_epoch=progress.epoch)
     if not metrics:
         raise VaeExportError(f"no epoch was trained in {out_dir}")
+    if not world.is_main:
+        return
     last = metrics[-1]
     out.print(f"{out_dir / 'checkpoint.pt'}: epoch {last['epoch']}, test loss {last['test_loss']:.2f} nats/image "
               f"(recon {last['test_recon']:.2f}, KL {last['test_kl']:.2f}), {sum(m['seconds'] for m in metrics):.1f} s training")
@@ -68,3 +80,14 @@ def train(
         err.print(f"next: vae-export onnx {out_dir / 'checkpoint.pt'} --out {out_dir / 'export'}")
 
 
+def _without_option(args: list[str], name: str) -> list[str]:
+    """`args` less `name VALUE` and `name=VALUE` (what torchrun's processes must not see again)."""
+    kept, skip = [], False
+    for arg in args:
+        if skip or arg.startswith(f"{name}="):
+            skip = False
+        elif arg == name:
+            skip = True
+        else:
+            kept.append(arg)
+    return kept
