@@ -17,8 +17,6 @@ the single-process gradient of the summed global batch, exactly, even when the s
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -124,10 +122,3 @@ def describe(world: World, batch_size: int, lr: float) -> dict[str, Any]:
             "batch_per_rank": -(-batch_size // world.size), "lr": lr,
             "backend": dist.get_backend() if dist.is_initialized() else None}
 
-
-def torchrun(nproc: int, args: list[str]) -> int:
-    """`python -m vae_export ARGS` in `nproc` processes on this machine under torchrun; its exit code."""
-    if "LOCAL_RANK" in os.environ:
-        raise UsageError("--nproc starts torchrun itself; under torchrun, leave it out")
-    return subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                            f"--nproc-per-node={nproc}", "-m", "vae_export", *args])

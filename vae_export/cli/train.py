@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from enum import Enum
 from pathlib import Path
@@ -10,7 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..config import PRESETS
-from ..errors import VaeExportError
+from ..errors import UsageError, VaeExportError
 from .common import Device, Quiet, command, err, out
 
 Preset = Enum("Preset", {name.replace("-", "_"): name for name in PRESETS}, type=str)
@@ -58,13 +60,13 @@ def train(
     settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, dataset=dataset.value,
                              patience=patience, limit=limit)
     out_dir = out_dir or Path("runs") / preset.value
-    if nproc > 1:
-        raise typer.Exit(distributed.torchrun(nproc, ["train", *_without_option(sys.argv[2:], "--nproc")]))
+    if nproc > 1:  # the options are valid: now run this very command in nproc processes
+        raise typer.Exit(_torchrun(nproc, ["train", *_without_option(sys.argv[2:], "--nproc")]))
     world = distributed.World.from_env()
     quiet = quiet or not world.is_main  # under torchrun, rank 0 alone reports
     if world.size > 1 and not quiet:
-        err.print(f"{world.size} processes: effective batch {batch_size} "
-                  f"({-(-batch_size // world.size)} per process), lr {lr}")
+        parallel = distributed.describe(world, batch_size, lr)
+        err.print(f"{world.size} processes: effective batch {batch_size} ({parallel['batch_per_rank']} per process), lr {lr}")
     progress = TrainProgress(err, epochs, quiet)
     with progress:
         metrics = run_training(config, settings, out_dir, data_dir=data_dir, device=device.value, resume=resume,
@@ -78,6 +80,14 @@ def train(
               f"(recon {last['test_recon']:.2f}, KL {last['test_kl']:.2f}), {sum(m['seconds'] for m in metrics):.1f} s training")
     if not quiet:
         err.print(f"next: vae-export onnx {out_dir / 'checkpoint.pt'} --out {out_dir / 'export'}")
+
+
+def _torchrun(nproc: int, args: list[str]) -> int:
+    """`python -m vae_export ARGS` in `nproc` processes on this machine under torchrun; its exit code."""
+    if "LOCAL_RANK" in os.environ:
+        raise UsageError("--nproc starts torchrun itself; under torchrun, leave it out")
+    return subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                            f"--nproc-per-node={nproc}", "-m", "vae_export", *args])
 
 
 def _without_option(args: list[str], name: str) -> list[str]:
