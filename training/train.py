@@ -145,7 +145,9 @@ def _train(config: VAEConfig, settings: TrainSettings, out: str | Path, world: d
     torch.set_flush_denormal(True)
     out = writable_dir(out)
     if resume:
-        run = Run.resume(load_checkpoint(out / CHECKPOINT), settings.epochs, dev)
+        # rank 0's checkpoint, sent to every rank: the other machines need no copy of it
+        run = Run.resume(distributed.from_main(load_checkpoint(out / CHECKPOINT) if world.is_main else None),
+                         settings.epochs, dev)
     elif (out / CHECKPOINT).exists():
         raise UsageError(f"{out / CHECKPOINT} already exists: pass --resume to continue it, or choose another --out")
     else:
