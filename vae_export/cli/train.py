@@ -61,7 +61,10 @@ def train(
                              patience=patience, limit=limit)
     out_dir = out_dir or Path("runs") / preset.value
     if nproc > 1:  # the options are valid: now run this very command in nproc processes
-        raise typer.Exit(_torchrun(nproc, ["train", *_without_option(sys.argv[2:], "--nproc")]))
+        if _torchrun(nproc, ["train", *_without_option(sys.argv[2:], "--nproc")]):
+            raise VaeExportError(f"a process of the run failed (torchrun's report is above); "
+                                 f"the last good checkpoint in {out_dir} is kept")
+        return
     world = distributed.World.from_env()
     quiet = quiet or not world.is_main  # under torchrun, rank 0 alone reports
     if world.size > 1 and not quiet:
