@@ -211,6 +211,8 @@ def test_merge_refuses_parts_of_different_runs_and_truncated_parts(tmp_path):
     with pytest.raises(VaeExportError, match="truncated"):
         merge([a, b], out)
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["a.npy", "b.npy"]
+    with pytest.raises(UsageError, match="given twice"):
+        merge([a, a], out)
     with pytest.raises(UsageError):
         parse_shard("3/3")
     assert [len(shard_range(10, k, 3)) for k in range(3)] == [3, 3, 4]

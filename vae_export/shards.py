@@ -80,8 +80,11 @@ def merge(paths: list[Path], out: Path, on_part: Callable[[Part], None] | None =
         raise UsageError(f"--out must end in .npy, got {out.name!r}")
     if not out.parent.is_dir():
         raise UsageError(f"--out folder {out.parent} does not exist")
-    if any(p.resolve() == out.resolve() for p in paths):
+    resolved = [p.resolve() for p in paths]
+    if out.resolve() in resolved:
         raise UsageError(f"--out {out} is one of the parts")
+    if len(set(resolved)) < len(resolved):
+        raise UsageError("a part is given twice")
     parts = [read_part(p) for p in paths]
     first = parts[0]
     for p in parts[1:]:

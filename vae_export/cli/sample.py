@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import VaeExportError
+from ..errors import UsageError, VaeExportError
 from .common import SHIPPED, Device, Quiet, command, err, out, shipped
 
 
@@ -37,6 +37,8 @@ def sample(
     from ..runtime import Decoder
 
     sampling.check_out_path(out_path)
+    if shard and (out_path.suffix != ".npy" or interpolate or manifold):
+        raise UsageError("--shard splits a run of random samples written to .npy")
     positions = shards.shard_range(n, *shards.parse_shard(shard)) if shard else range(n)
     decoder = Decoder(shipped(model, "decoder.onnx"), provider=provider.value)
     if interpolate or manifold:
