@@ -37,7 +37,7 @@ def no_torch_env(tmp_path):
 
 
 def test_runtime_and_sampler_do_not_import_torch(models, tmp_path):
-    code = ("import sys; from vae_export.runtime import Decoder; from vae_export import sampling; "
+    code = ("import sys; from vae_export.runtime import Decoder; from vae_export import sampling, shards; "
             f"d = Decoder('{models['mlp'] / 'decoder.onnx'}'); print(d.sample(3).shape); "
             "assert not [m for m in sys.modules if m.startswith('torch')]")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=no_torch_env(tmp_path))

@@ -24,7 +24,7 @@ from vae_export.errors import CheckpointError, TrainingDiverged, UsageError, Vae
 from vae_export.files import atomic_open, run_lock, writable_dir
 from vae_export.model import VAE, elbo_terms
 
-from . import plots
+from . import distributed, plots
 from .data import batches, load_images, resolve_data_dir, to_float
 
 CHECKPOINT = "checkpoint.pt"
@@ -139,22 +139,35 @@ def train(config: VAEConfig, settings: TrainSettings, out: str | Path, *, data_d
 
     With `resume`, the config, settings and RNG state come from out/checkpoint.pt; only
     `settings.epochs` (the total to reach) is taken from the caller. Returns every epoch's metrics.
+    Under torchrun every process calls this; they train one model together (training/distributed.py).
     """
+    world, dev = distributed.setup(pick_device(device))
+    try:
+        return _train(config, settings, out, world, dev, data_dir, resume, on_batch, on_epoch)
+    finally:
+        distributed.teardown()
+
+
+def _train(config: VAEConfig, settings: TrainSettings, out: str | Path, world: distributed.World,
+           dev: torch.device, data_dir: str | Path | None, resume: bool, on_batch: OnBatch | None,
+           on_epoch: OnEpoch | None) -> list[dict[str, Any]]:
     # As the model grows confident that MNIST's border pixels are black, their logits sink below -87 and
     # sigmoid gradients turn denormal, which the CPU handles far slower (each epoch was slower than the last).
     # Flushing them to zero changes no result at float32 precision. Set before any tensor work, so
     # that OpenMP's worker threads, created later, inherit it (the flag is per thread).
     torch.set_flush_denormal(True)
     out = writable_dir(out)
-    with run_lock(out):
-        return _train_locked(config, settings, out, data_dir, device, resume, on_batch, on_epoch)
+    with run_lock(out) if world.is_main else contextlib.nullcontext():  # rank 0 alone writes into out
+        return _train_locked(config, settings, out, world, dev, data_dir, resume, on_batch, on_epoch)
 
 
-def _train_locked(config: VAEConfig, settings: TrainSettings, out: Path, data_dir, device: str, resume: bool,
-                  on_batch: OnBatch | None, on_epoch: OnEpoch | None) -> list[dict[str, Any]]:
-    dev = pick_device(device)
+def _train_locked(config: VAEConfig, settings: TrainSettings, out: Path, world: distributed.World,
+                  dev: torch.device, data_dir: str | Path | None, resume: bool, on_batch: OnBatch | None,
+                  on_epoch: OnEpoch | None) -> list[dict[str, Any]]:
     if resume:
-        run = Run.resume(load_checkpoint(out / CHECKPOINT), settings.epochs, dev, out / CHECKPOINT)
+        # rank 0's checkpoint, sent to every rank: the other machines need no copy of it
+        run = Run.resume(distributed.from_main(load_checkpoint(out / CHECKPOINT) if world.is_main else None),
+                         settings.epochs, dev, out / CHECKPOINT)
     elif (out / CHECKPOINT).exists():
         raise UsageError(f"{out / CHECKPOINT} already exists: pass --resume to continue it, or choose another --out")
     else:
@@ -165,62 +178,72 @@ def _train_locked(config: VAEConfig, settings: TrainSettings, out: Path, data_di
     train_x = to_float(load_images(settings.dataset, root, train=True)[: settings.limit]).to(dev)
     test_x = to_float(load_images(settings.dataset, root, train=False)[: settings.limit]).to(dev)
     fixed_z = torch.randn(64, run.config.latent_dim, generator=torch.Generator().manual_seed(0)).to(dev)
+    net = distributed.wrap(run.model, world)
+    parallel = distributed.describe(world, settings.batch_size, settings.lr)
     saved = len(run.metrics)  # epochs in checkpoint.pt: the figures never describe more
     try:
         for epoch in range(len(run.metrics) + 1, settings.epochs + 1):
             if settings.patience is not None and run.bad_epochs >= settings.patience:
                 break
             t0 = time.perf_counter()
-            train_loss = train_epoch(run, epoch, train_x, on_batch)
+            train_loss = train_epoch(run, epoch, train_x, on_batch, net, world)
             train_seconds = time.perf_counter() - t0
-            test = evaluate(run.model, test_x, settings.eval_batch_size, seed=settings.seed)
+            # evaluated once, by rank 0; every rank takes its result, so that all stop alike (patience)
+            test = distributed.from_main(evaluate(run.model, test_x, settings.eval_batch_size, seed=settings.seed)
+                                         if world.is_main else None)
             m = {"epoch": epoch, "train_loss": train_loss, **test, "seconds": round(time.perf_counter() - t0, 3),
-                 "train_samples_per_s": round(len(train_x) / train_seconds, 1), "device": dev.type}
+                 "train_samples_per_s": round(len(train_x) / train_seconds, 1), "device": dev.type,
+                 "world_size": world.size, "batch_size": settings.batch_size, "lr": settings.lr}
             if test["test_loss"] < run.best_test_loss:
                 run.best_test_loss, run.bad_epochs = test["test_loss"], 0
             else:
                 run.bad_epochs += 1
             run.metrics.append(m)
-            save_checkpoint(out / CHECKPOINT, run.checkpoint())
+            if world.is_main:  # rank 0 alone writes
+                save_checkpoint(out / CHECKPOINT, {**run.checkpoint(), "parallel": parallel})
+                _write_metrics(run.metrics, out / "metrics.jsonl")
+                _write_figures(run.model, test_x, fixed_z, out)
             saved = len(run.metrics)
-            _write_metrics(run.metrics, out / "metrics.jsonl")
-            _write_figures(run.model, test_x, fixed_z, out)
             if on_epoch:
                 on_epoch(m)
     finally:
-        if saved:  # once per run, also after Ctrl-C, divergence or a full disk: a matplotlib figure is slow to draw
+        if saved and world.is_main:  # once per run, also after Ctrl-C, divergence or a full disk: a matplotlib figure is slow to draw
             failing = sys.exc_info()[1] is not None
             with contextlib.suppress(OSError) if failing else contextlib.nullcontext():  # keep the first error
                 plots.save_loss_curve(run.metrics[:saved], out / "loss.png")
     return run.metrics[:saved]
 
 
-def train_epoch(run: Run, epoch: int, x_all: torch.Tensor, on_batch: OnBatch | None) -> float:
+def train_epoch(run: Run, epoch: int, x_all: torch.Tensor, on_batch: OnBatch | None,
+                net: torch.nn.Module | None = None, world: distributed.World = distributed.World()) -> float:
     """One pass over the shuffled data; returns the mean loss per image (nats). The loss is summed
-    over the batch before backward, as in pytorch/examples (Adam makes the scale immaterial)."""
-    model, optimizer = run.model.train(), run.optimizer
+    over the batch before backward, as in pytorch/examples (Adam makes the scale immaterial).
+    Under DDP (`net` wraps run.model) each rank computes its slice of every global batch."""
+    model, optimizer = (run.model if net is None else net).train(), run.optimizer
     beta, likelihood = run.config.beta, run.config.likelihood
     total = torch.zeros((), device=x_all.device)
     index = batches(len(x_all), run.settings.batch_size, run.shuffle_rng)
-    seen = 0
+    noise = distributed.epoch_noise(run.noise_rng, world)
+    seen = torch.zeros((), device=x_all.device)
     for i, idx in enumerate(index):
-        x = x_all[idx.to(x_all.device)]
-        logits, mu, logvar = model(x, run.noise_rng)
+        x = x_all[distributed.rank_slice(idx, world).to(x_all.device)]
+        logits, mu, logvar = model(x, noise)
         recon, kl = elbo_terms(logits, x, mu, logvar, likelihood)
         loss = recon + beta * kl
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        distributed.loss_for_backward(loss, world).backward()
         optimizer.step()
         total += loss.detach()
-        seen += len(idx)
+        seen += len(x)
         if i % 25 == 24 or i == len(index) - 1:   # a host sync only every 25 batches
-            running = total.item() / seen
+            total_all, seen_all = distributed.sum_over_ranks(total, seen)   # all ranks see the same figure
+            running = total_all.item() / seen_all.item()
             if not math.isfinite(running):
                 raise TrainingDiverged(f"loss became {running} in batch {i + 1}; the last good checkpoint is kept "
                                        "(try a lower --lr or --beta)")
             if on_batch:
-                on_batch(BatchProgress(epoch, i + 1, len(index), seen, running))
-    return total.item() / seen
+                on_batch(BatchProgress(epoch, i + 1, len(index), int(seen_all), running))
+    return running
 
 
 @torch.no_grad()

@@ -61,8 +61,10 @@ def check_job_size(path: Path, n: int, batch_size: int, image_shape: tuple[int, 
 
 
 def sample_to_file(decoder: Decoder, path: Path, n: int, *, seed: int = 0, batch_size: int = 8192,
-                   dtype: str = "float32", on_batch: Callable[[int], None] | None = None) -> SampleStats:
-    """n samples of N(0, I) latents for `seed` (the same whatever the batch size or provider)."""
+                   dtype: str = "float32", on_batch: Callable[[int], None] | None = None,
+                   start: int = 0) -> SampleStats:
+    """n samples of N(0, I) latents for `seed` (the same whatever the batch size or provider): those
+    at positions start..start+n-1 of the whole run, so that shards of a run join into it (shards.py)."""
     if n <= 0 or batch_size <= 0:
         raise UsageError(f"-n and --batch-size must be > 0, got {n} and {batch_size}")
     check_out_path(path)
@@ -70,9 +72,11 @@ def sample_to_file(decoder: Decoder, path: Path, n: int, *, seed: int = 0, batch
     check_job_size(path, n, batch_size, decoder.image_shape, dtype)
     t0 = time.perf_counter()
     if path.suffix == ".png":
+        if start:
+            raise UsageError(f"a shard is written to .npy, not {path.name!r}")
         save_png_grid(decoder.sample(n, seed=seed, batch_size=batch_size), path)
     else:
-        _stream_npy(decoder, path, n, seed, batch_size, DTYPES[dtype], on_batch)
+        _stream_npy(decoder, path, n, seed, batch_size, DTYPES[dtype], on_batch, start)
     return SampleStats(n, time.perf_counter() - t0, decoder.provider)
 
 
@@ -101,7 +105,7 @@ def manifold(decoder: Decoder, n: int = 30) -> np.ndarray:
 
 
 def _stream_npy(decoder: Decoder, path: Path, n: int, seed: int, batch_size: int, dtype,
-                on_batch: Callable[[int], None] | None) -> None:
+                on_batch: Callable[[int], None] | None, start: int = 0) -> None:
     shape = decoder.image_shape
     starts = range(0, n, batch_size)
     with atomic_path(path) as tmp:
@@ -111,7 +115,7 @@ def _stream_npy(decoder: Decoder, path: Path, n: int, seed: int, batch_size: int
 
         def produce(k: int) -> np.ndarray:
             i = starts[k]
-            z = decoder.latents(seed, i, min(i + batch_size, n))
+            z = decoder.latents(seed, start + i, start + min(i + batch_size, n))
             target = out[i: i + len(z)] if dtype == np.float32 else buffers[k % 2][: len(z)]
             return decoder.decode(z, out=target)
 

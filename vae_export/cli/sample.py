@@ -28,10 +28,11 @@ def sample(
     dtype: Annotated[OutDtype, typer.Option(help="For .npy: float32 in [0, 1], or uint8 in 0..255.")] = OutDtype.float32,
     interpolate: Annotated[Optional[tuple[int, int]], typer.Option(help="Decode -n steps between the latents of two seeds.")] = None,
     manifold: Annotated[bool, typer.Option(help="Decode the 30x30 quantile grid of a 2-D latent model.")] = False,
+    shard: Annotated[Optional[str], typer.Option(metavar="K/N", help="Write only part K of N of the -n samples (.npy); `merge` joins the parts.")] = None,
     quiet: Quiet = False,
 ):
     """Sample images from an ONNX decoder through onnxruntime (CPU or CUDA)."""
-    from .. import sampling
+    from .. import sampling, shards
     from ..progress import SampleProgress
     from ..runtime import Decoder
 
@@ -40,6 +41,9 @@ def sample(
         raise UsageError("--dtype applies to .npy output; a .png grid is always 8-bit")
     if interpolate and min(interpolate) < 0:
         raise UsageError(f"--interpolate seeds must be >= 0, got {interpolate[0]} {interpolate[1]}")
+    if shard and (out_path.suffix != ".npy" or interpolate or manifold):
+        raise UsageError("--shard splits a run of random samples written to .npy")
+    positions = shards.shard_range(n, *shards.parse_shard(shard)) if shard else range(n)
     decoder = Decoder(shipped(model, "decoder.onnx"), provider=provider.value)
     if interpolate or manifold:
         steps = 900 if manifold else n
@@ -48,10 +52,25 @@ def sample(
         sampling.decode_to_file(decoder, z, out_path, dtype.value, nrow=30 if manifold else n)
         out.print(f"{out_path}: {len(z)} images ({'manifold' if manifold else 'interpolation'}), provider {decoder.provider}")
         return
-    with SampleProgress(err, n, disable=quiet or n < 100_000) as progress:
-        stats = sampling.sample_to_file(decoder, out_path, n, seed=seed, batch_size=batch_size, dtype=dtype.value,
-                                        on_batch=progress.advance)
-    out.print(f"{out_path}: {n} samples, provider {stats.provider}, {stats.seconds:.2f} s, {stats.per_second:,.0f} samples/s")
+    count = len(positions)
+    with SampleProgress(err, count, disable=quiet or count < 100_000) as progress:
+        stats = sampling.sample_to_file(decoder, out_path, count, seed=seed, batch_size=batch_size, dtype=dtype.value,
+                                        on_batch=progress.advance, start=positions.start)
+    where = f" (samples {positions.start}..{positions.stop - 1} of {n}, shard {shard})" if shard else ""
+    out.print(f"{out_path}: {count} samples{where}, provider {stats.provider}, {stats.seconds:.2f} s, "
+              f"{stats.per_second:,.0f} samples/s")
+
+
+@command
+def merge(
+    parts: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, help="The .npy parts in order (sample --shard 0/N, 1/N, ...).")],
+    out_path: Annotated[Path, typer.Option("--out", help="The joined .npy, written whole or not at all.")],
+):
+    """Join sample shards into one .npy, streamed: the same bytes as one unsharded `sample` run."""
+    from ..shards import merge as merge_parts
+
+    merged = merge_parts(parts, out_path)
+    out.print(f"{out_path}: {merged.shape[0]} samples {merged.dtype} from {len(parts)} parts, {merged.nbytes:,} bytes")
 
 
 Images = Annotated[list[Path], typer.Argument(help="Images: .npy arrays (N, C, H, W), or (N, H, W) for one channel, uint8 0..255 or float 0..1; or H x W grayscale/RGB .png files (README: Reliability).")]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -9,7 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..config import PRESETS
-from ..errors import VaeExportError
+from ..errors import UsageError, VaeExportError
 from .common import Device, Quiet, command, err, needs_train_extra, out
 
 Preset = Enum("Preset", {name.replace("-", "_"): name for name in PRESETS}, type=str)
@@ -47,13 +50,14 @@ def train(
     limit: Annotated[Optional[int], typer.Option(min=1, max=SIZE_MAX, help="Use only the first N images of each split.")] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Run folder [default: runs/PRESET].")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its checkpoint (only --epochs, --device, --data-dir may change).")] = False,
+    nproc: Annotated[int, typer.Option(min=1, help="Data-parallel processes on this machine (one per GPU); >1 runs torchrun.")] = 1,
     quiet: Quiet = False,
 ):
     """Train a VAE; writes checkpoint.pt, metrics.jsonl and figures into --out after every epoch."""
-    from training.train import TrainSettings, train as run_training  # torch loads only for commands that need it
+    from training import distributed  # torch loads only for commands that need it
+    from training.train import TrainSettings, train as run_training
 
     from ..config import make_config
-    from ..errors import UsageError
     from ..files import check_writable
     from ..progress import TrainProgress
 
@@ -68,14 +72,48 @@ def train(
     given = {"batch_size": batch_size, "lr": lr, "seed": seed, "dataset": dataset.value if dataset else None}
     settings = TrainSettings(epochs=epochs, patience=patience, limit=limit, **{k: v for k, v in given.items() if v is not None})
     out_dir = check_writable(out_dir or Path("runs") / preset_name, folder=True)
+    if nproc > 1:  # the options are valid: now run this very command in nproc processes
+        if _torchrun(nproc, ["train", *_without_option(sys.argv[2:], "--nproc")]):
+            raise VaeExportError(f"a process of the run failed (torchrun's report is above); "
+                                 f"the last good checkpoint in {out_dir} is kept")
+        return
+    world = distributed.World.from_env()
+    quiet = quiet or not world.is_main  # under torchrun, rank 0 alone reports
+    if world.size > 1 and not quiet and not resume:  # a resumed run's batch and lr come from its checkpoint
+        parallel = distributed.describe(world, settings.batch_size, settings.lr)
+        err.print(f"{world.size} processes: effective batch {settings.batch_size} "
+                  f"({parallel['batch_per_rank']} per process), lr {settings.lr}")
     progress = TrainProgress(err, epochs, quiet)
     with progress:
         metrics = run_training(config, settings, out_dir, data_dir=data_dir, device=device.value, resume=resume,
                                on_batch=progress.batch, on_epoch=progress.epoch)
     if not metrics:
         raise VaeExportError(f"no epoch was trained in {out_dir}")
+    if not world.is_main:
+        return
     last = metrics[-1]
     out.print(f"{out_dir / 'checkpoint.pt'}: epoch {last['epoch']}, test loss {last['test_loss']:.2f} nats/image "
               f"(recon {last['test_recon']:.2f}, KL {last['test_kl']:.2f}), {sum(m['seconds'] for m in metrics):.1f} s training")
     if not quiet:
         err.print(f"next: vae-export onnx {out_dir / 'checkpoint.pt'} --out {out_dir / 'export'}")
+
+
+def _torchrun(nproc: int, args: list[str]) -> int:
+    """`python -m vae_export ARGS` in `nproc` processes on this machine under torchrun; its exit code."""
+    if "LOCAL_RANK" in os.environ:
+        raise UsageError("--nproc starts torchrun itself; under torchrun, leave it out")
+    return subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                            f"--nproc-per-node={nproc}", "-m", "vae_export", *args])
+
+
+def _without_option(args: list[str], name: str) -> list[str]:
+    """`args` less `name VALUE` and `name=VALUE` (what torchrun's processes must not see again)."""
+    kept, skip = [], False
+    for arg in args:
+        if skip or arg.startswith(f"{name}="):
+            skip = False
+        elif arg == name:
+            skip = True
+        else:
+            kept.append(arg)
+    return kept
