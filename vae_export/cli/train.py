@@ -15,11 +15,6 @@ from .common import Device, Quiet, command, err, out
 Preset = Enum("Preset", {name.replace("-", "_"): name for name in PRESETS}, type=str)
 
 
-class Dataset(str, Enum):
-    mnist = "mnist"
-    fashion_mnist = "fashion-mnist"
-
-
 class Likelihood(str, Enum):
     bernoulli = "bernoulli"
     gaussian = "gaussian"
@@ -34,7 +29,17 @@ def train(
     latent_dim: Annotated[Optional[int], typer.Option(min=1, help="Override the preset's latent size.")] = None,
     beta: Annotated[Optional[float], typer.Option(min=0.0, help="KL weight (1 = the ELBO).")] = None,
     likelihood: Annotated[Optional[Likelihood], typer.Option(help="Override the preset's likelihood.")] = None,
-    dataset: Annotated[Dataset, typer.Option()] = Dataset.mnist,
+    dataset: Annotated[str, typer.Option(help="mnist, fashion-mnist, cifar10, cifar100 (torchvision, downloaded when "
+                                         "online), folder:PATH (images, recursively), npy:PATH or npz:PATH (an array "
+                                         "(N, H, W), (N, C, H, W) or (N, H, W, C), uint8 or float in [0, 1]).")] = "mnist",
+    image_size: Annotated[Optional[str], typer.Option(help="Resize every image to HxW (e.g. 64x64) [default: the "
+                                                      "data's size; required if a folder's sizes differ].")] = None,
+    channels: Annotated[Optional[int], typer.Option(help="1 (grey) or 3 (RGB) [default: what the images are].")] = None,
+    test_fraction: Annotated[float, typer.Option(help="folder/npy/npz: share of images held out for the test loss "
+                                                 "(a fixed split, recorded in the checkpoint).")] = 0.1,
+    skip_bad_files: Annotated[bool, typer.Option(help="folder: train without unreadable files instead of refusing.")] = False,
+    conv_widths: Annotated[Optional[str], typer.Option(help="conv presets: encoder widths, one 3x3 layer each, e.g. "
+                                                       "32,64,128,256 (stride 2 where the image size allows).")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="Dataset root [default: $VAE_EXPORT_DATA or ~/.cache/vae-export/data].")] = None,
     device: Annotated[Device, typer.Option(help="auto picks CUDA when torch sees a GPU.")] = Device.auto,
     seed: Annotated[int, typer.Option()] = 1,
@@ -50,15 +55,21 @@ def train(
     from ..config import make_config
     from ..progress import TrainProgress
 
+    widths = _sizes(conv_widths, ",", "--conv-widths", "32,64,128")
+    if widths and PRESETS[preset.value].arch != "conv":
+        raise typer.BadParameter(f"--conv-widths applies to conv presets, not {preset.value}")
     config = make_config(preset.value, latent_dim=latent_dim, beta=beta,
-                         likelihood=likelihood.value if likelihood else None)
-    settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, dataset=dataset.value,
-                             patience=patience, limit=limit)
+                         likelihood=likelihood.value if likelihood else None,
+                         channels=widths, strides=() if widths else None)
+    settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, dataset=dataset,
+                             patience=patience, limit=limit, image_size=_sizes(image_size, "x", "--image-size", "64x64", 2),
+                             image_channels=channels, test_fraction=test_fraction, skip_bad_files=skip_bad_files)
     out_dir = out_dir or Path("runs") / preset.value
     progress = TrainProgress(err, epochs, quiet)
     with progress:
         metrics = run_training(config, settings, out_dir, data_dir=data_dir, device=device.value, resume=resume,
-                               on_batch=progress.batch, on_epoch=progress.epoch)
+                               on_batch=progress.batch, on_epoch=progress.epoch,
+                               on_data=None if quiet else lambda line: err.print(f"data: {line}", markup=False))
     if not metrics:
         raise VaeExportError(f"no epoch was trained in {out_dir}")
     last = metrics[-1]
@@ -68,3 +79,18 @@ def train(
         err.print(f"next: vae-export onnx {out_dir / 'checkpoint.pt'} --out {out_dir / 'export'}")
 
 
+
+
+def _sizes(text: Optional[str], sep: str, option: str, example: str, count: Optional[int] = None) -> Optional[tuple[int, ...]]:
+    """'64x48' -> (64, 48); '32,64' -> (32, 64); None -> None. A bad value is a usage error (exit 2)."""
+    if text is None:
+        return None
+    try:
+        sizes = tuple(int(v) for v in text.lower().split(sep))
+    except ValueError:
+        sizes = ()
+    if count == 2 and len(sizes) == 1:     # --image-size 64 = 64x64
+        sizes *= 2
+    if not sizes or min(sizes) < 1 or (count and len(sizes) != count):
+        raise typer.BadParameter(f"{option} must look like {example}, got {text!r}")
+    return sizes
