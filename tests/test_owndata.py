@@ -3,12 +3,14 @@
 prove parity on the real test images, sample and encode through the torch-free runtime, write colour
 grids; and refuse bad input with one line, exit 1 or 2, and nothing written."""
 
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 from typer.testing import CliRunner
 
 from training.data import SPLIT_SEED, load_dataset
@@ -28,20 +30,14 @@ def run(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
-def shapes(folder, n=300, size=(32, 32), seed=0):
-    """n images of a random ellipse or rectangle on a dark background, half PNG, half JPEG, in two
-    class subfolders (ImageFolder's layout)."""
-    rng = np.random.default_rng(seed)
-    for k in range(n):
-        sub = folder / ("round" if k % 2 else "square")
-        sub.mkdir(parents=True, exist_ok=True)
-        im = Image.new("RGB", size, tuple(int(v) for v in rng.integers(0, 60, 3)))
-        x, y = (int(v) for v in rng.integers(0, size[0] // 2, 2))
-        r = int(rng.integers(size[0] // 4, size[0] // 2))
-        colour = tuple(int(v) for v in rng.integers(80, 256, 3))
-        (ImageDraw.Draw(im).ellipse if k % 2 else ImageDraw.Draw(im).rectangle)([x, y, x + r, y + r], fill=colour)
-        im.save(sub / f"{k:04d}.{'png' if k % 4 < 2 else 'jpg'}")
-    return folder
+def _example(name):
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+shapes = _example("make_shapes").make_shapes       # coloured shapes, PNG and JPEG, in two subfolders
 
 
 @pytest.fixture(scope="module")

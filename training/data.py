@@ -80,7 +80,10 @@ def load_dataset(spec: str, root: str | Path, *, image_size: tuple[int, int] | N
     kind, path = parse_dataset(spec)
     size = tuple(image_size) if image_size else None
     if kind in DATASETS:
-        train, test = (_conform(load_images(kind, root, split, download), size, channels) for split in (True, False))
+        train, test = (load_images(kind, root, split, download) for split in (True, False))
+        c, h, w = train.shape[1:]
+        _check_memory(len(train) + len(test), (channels or c, *(size or (h, w))), 1, kind, "a smaller --image-size")
+        train, test = _conform(train, size, channels), _conform(test, size, channels)
         return Data(train, test, f"{kind} ({len(train)} train / {len(test)} test, "
                     f"{_shape_text(train.shape[1:])}, torchvision's split)", {"source": "torchvision"})
     if not path.exists():
@@ -114,7 +117,7 @@ def load_images(dataset: str, root: str | Path, train: bool, download: bool = Tr
         folder = root / cls.base_folder if hasattr(cls, "base_folder") else root / cls.__name__ / "raw"
         raise DataNotFound(
             f"{dataset} is not readable in {folder} and could not be downloaded ({first_line(e)}); "
-            f"put its files there or point --data-dir / VAE_EXPORT_DATA at the folder holding {folder.name}"
+            f"put its files there or point --data-dir / VAE_EXPORT_DATA at a folder holding {folder.relative_to(root)}"
         ) from None
     return torch.from_numpy(_to_nchw(np.asarray(ds.data), dataset))  # MNIST (N, 28, 28), CIFAR (N, 32, 32, 3)
 
