@@ -3,6 +3,7 @@
 prove parity on the real test images, sample and encode through the torch-free runtime, write colour
 grids; and refuse bad input with one line, exit 1 or 2, and nothing written."""
 
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -19,6 +20,7 @@ from vae_export import runtime
 from vae_export.checkpoint import load_checkpoint, load_model
 from vae_export.cli import app
 from vae_export.config import make_config
+from vae_export.errors import VaeExportError
 from vae_export.export import export_onnx
 from vae_export.parity import check_parity, real_images
 from vae_export.sampling import grid, save_png_grid
@@ -168,3 +170,15 @@ def test_skip_bad_files_trains_without_them(tmp_path):
     (tmp_path / "square" / "truncated.jpg").write_bytes(b"\xff\xd8\xff\xe0 and then nothing")
     data = load_dataset(f"folder:{tmp_path}", tmp_path, skip_bad_files=True)
     assert len(data.train) + len(data.test) == 20 and "1 unreadable skipped" in data.description
+
+
+def test_resume_refuses_data_that_changed(tmp_path):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "a.npy", rng.integers(0, 256, (40, 8, 8), dtype=np.uint8))
+    settings = TrainSettings(epochs=1, dataset=f"npy:{tmp_path / 'a.npy'}")
+    train(make_config("mlp-small"), settings, tmp_path / "run")
+    np.save(tmp_path / "a.npy", rng.integers(0, 256, (50, 8, 8), dtype=np.uint8))    # images added since
+    before = (tmp_path / "run" / "checkpoint.pt").read_bytes()
+    with pytest.raises(VaeExportError, match="resume on the same data"):
+        train(make_config("mlp-small"), dataclasses.replace(settings, epochs=2), tmp_path / "run", resume=True)
+    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
