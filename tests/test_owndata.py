@@ -56,7 +56,7 @@ def test_colour_folder_trains_exports_and_samples_in_colour(folder, tmp_path):
     assert state["config"]["image_shape"] == (3, 32, 32)
     assert state["data"]["split"] == {"source": "split", "seed": SPLIT_SEED, "test_fraction": 0.1, "images": 300,
                                       "train": 270, "test": 30}
-    assert Image.open(tmp_path / "run" / "samples.png").mode == "RGB"
+    assert {Image.open(tmp_path / "run" / f).mode for f in ("samples.png", "reconstruction.png", "manifold.png")} == {"RGB"}
 
     result = run("onnx", tmp_path / "run" / "checkpoint.pt", "--out", tmp_path / "export")
     assert result.exit_code == 0, result.output

@@ -79,8 +79,6 @@ def train(
         err.print(f"next: vae-export onnx {out_dir / 'checkpoint.pt'} --out {out_dir / 'export'}")
 
 
-
-
 def _sizes(text: Optional[str], sep: str, option: str, example: str, count: Optional[int] = None) -> Optional[tuple[int, ...]]:
     """'64x48' -> (64, 48); '32,64' -> (32, 64); None -> None. A bad value is a usage error (exit 2)."""
     if text is None:
