@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.data import load_images, resolve_data_dir, to_float  # noqa: E402
+from training.data import load_from_settings, resolve_data_dir, to_float  # noqa: E402
 from training.train import evaluate  # noqa: E402
 from vae_export.checkpoint import load_model  # noqa: E402
 
@@ -23,7 +23,7 @@ def main() -> None:
     p.add_argument("--draws", type=int, default=10, help="evaluation noise seeds 1..N")
     args = p.parse_args()
     model, state = load_model(args.checkpoint)
-    x = to_float(load_images(state["settings"]["dataset"], resolve_data_dir(os.environ.get("VAE_EXPORT_DATA")), train=False))
+    x = to_float(load_from_settings(state["settings"], resolve_data_dir(os.environ.get("VAE_EXPORT_DATA"))).test)
     losses = [evaluate(model, x, seed=s)["test_loss"] for s in range(1, args.draws + 1)]
     print(f"{args.checkpoint}: test loss over {args.draws} noise draws: " + ", ".join(f"{v:.2f}" for v in losses))
     print(f"mean {statistics.mean(losses):.3f}, stdev {statistics.stdev(losses):.3f}, "

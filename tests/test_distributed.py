@@ -111,7 +111,9 @@ def test_two_processes_resume_one_then_a_killed_rank_ends_the_run(mnist_root, tm
     (torchrun tears the group down: no rank hangs) and leaves the last good checkpoint readable."""
     run = tmp_path / "run"
     train(make_config("mlp"), TrainSettings(epochs=1, limit=600, batch_size=100), run, data_dir=mnist_root, device="cpu")
-    args = [*TRAIN, "--epochs", "1000", "--data-dir", str(mnist_root), "--out", str(run), "--resume", "--nproc", "2"]
+    # --resume takes the batch size and limit from the checkpoint (and refuses them as options)
+    args = ["-m", "vae_export", "train", "--device", "cpu", "-q", "--epochs", "1000", "--data-dir", str(mnist_root),
+            "--out", str(run), "--resume", "--nproc", "2"]
     with processes(([sys.executable, *args], tmp_path)) as ((proc,), marker):
         deadline = time.monotonic() + 120
         while not ((run / "metrics.jsonl").exists() and len(metrics(run)) >= 3):  # two epochs on 2 ranks

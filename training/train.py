@@ -25,7 +25,7 @@ from vae_export.files import atomic_open, run_lock, writable_dir
 from vae_export.model import VAE, elbo_terms
 
 from . import distributed, plots
-from .data import batches, load_images, resolve_data_dir, to_float
+from .data import Data, batches, load_from_settings, parse_dataset, resolve_data_dir, to_float
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -36,7 +36,11 @@ class TrainSettings:
     batch_size: int = 128
     lr: float = 1e-3
     seed: int = 1
-    dataset: str = "mnist"
+    dataset: str = "mnist"            # mnist, fashion-mnist, cifar10, cifar100, folder:PATH, npy:PATH, npz:PATH
+    image_size: tuple[int, int] | None = None   # (H, W) to resize to; default: the data's own size
+    image_channels: int | None = None # 1 (grey) or 3 (RGB); default: what the images are
+    test_fraction: float = 0.1        # folders and arrays: the share held out for the test loss
+    skip_bad_files: bool = False      # folders: train without unreadable files instead of refusing
     patience: int | None = None       # stop after this many epochs without a better test loss
     limit: int | None = None          # use only the first N images of each split (quick runs)
     eval_batch_size: int = 2000
@@ -51,6 +55,13 @@ class TrainSettings:
             raise UsageError(f"patience must be > 0, got {self.patience}")
         if self.limit is not None and self.limit <= 0:
             raise UsageError(f"limit must be > 0, got {self.limit}")
+        parse_dataset(self.dataset)
+        if self.image_size is not None and (len(self.image_size) != 2 or min(self.image_size) < 1):
+            raise UsageError(f"image-size must be two sizes >= 1 (HxW), got {self.image_size}")
+        if self.image_channels not in (None, 1, 3):
+            raise UsageError(f"channels must be 1 (grey) or 3 (RGB), got {self.image_channels}")
+        if not 0 < self.test_fraction < 1:
+            raise UsageError(f"test-fraction must be between 0 and 1, got {self.test_fraction}")
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -73,6 +84,7 @@ class BatchProgress(NamedTuple):
 
 OnBatch = Callable[[BatchProgress], None]
 OnEpoch = Callable[[dict[str, Any]], None]       # the epoch's metrics
+OnData = Callable[[str], None]                   # a one-line description of the data, once loaded
 
 
 @dataclass
@@ -88,6 +100,7 @@ class Run:
     metrics: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     best_test_loss: float = math.inf
     bad_epochs: int = 0
+    data: dict[str, Any] = dataclasses.field(default_factory=dict)   # description and train/test split
 
     @classmethod
     def start(cls, config: VAEConfig, settings: TrainSettings, dev: torch.device) -> Run:
@@ -120,6 +133,7 @@ class Run:
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
             what = f"no {e}" if isinstance(e, KeyError) else first_line(e)
             raise CheckpointError(f"{path} cannot be resumed: {what}") from None
+        run.data = state.get("data", {})
         return run
 
     def checkpoint(self) -> dict[str, Any]:
@@ -129,28 +143,31 @@ class Run:
             "epoch": len(self.metrics), "metrics": self.metrics,
             "best_test_loss": self.best_test_loss, "bad_epochs": self.bad_epochs,
             "rng": {"shuffle": self.shuffle_rng.get_state(), "noise": self.noise_rng.get_state()},
+            "data": self.data,
         }
 
 
 def train(config: VAEConfig, settings: TrainSettings, out: str | Path, *, data_dir: str | Path | None = None,
           device: str = "auto", resume: bool = False, on_batch: OnBatch | None = None,
-          on_epoch: OnEpoch | None = None) -> list[dict[str, Any]]:
+          on_epoch: OnEpoch | None = None, on_data: OnData | None = None) -> list[dict[str, Any]]:
     """Train, writing checkpoint.pt, metrics.jsonl and the figures into `out` every epoch.
 
-    With `resume`, the config, settings and RNG state come from out/checkpoint.pt; only
-    `settings.epochs` (the total to reach) is taken from the caller. Returns every epoch's metrics.
+    The model's image_shape is the data's (C, H, W): a preset describes the network, the data its
+    shape. `on_data` receives a one-line description of the data once it is loaded. With `resume`,
+    the config, settings and RNG state come from out/checkpoint.pt; only `settings.epochs` (the
+    total to reach) is taken from the caller. Returns every epoch's metrics.
     Under torchrun every process calls this; they train one model together (training/distributed.py).
     """
     world, dev = distributed.setup(pick_device(device))
     try:
-        return _train(config, settings, out, world, dev, data_dir, resume, on_batch, on_epoch)
+        return _train(config, settings, out, world, dev, data_dir, resume, on_batch, on_epoch, on_data)
     finally:
         distributed.teardown()
 
 
 def _train(config: VAEConfig, settings: TrainSettings, out: str | Path, world: distributed.World,
            dev: torch.device, data_dir: str | Path | None, resume: bool, on_batch: OnBatch | None,
-           on_epoch: OnEpoch | None) -> list[dict[str, Any]]:
+           on_epoch: OnEpoch | None, on_data: OnData | None) -> list[dict[str, Any]]:
     # As the model grows confident that MNIST's border pixels are black, their logits sink below -87 and
     # sigmoid gradients turn denormal, which the CPU handles far slower (each epoch was slower than the last).
     # Flushing them to zero changes no result at float32 precision. Set before any tensor work, so
@@ -158,25 +175,31 @@ def _train(config: VAEConfig, settings: TrainSettings, out: str | Path, world: d
     torch.set_flush_denormal(True)
     out = writable_dir(out)
     with run_lock(out) if world.is_main else contextlib.nullcontext():  # rank 0 alone writes into out
-        return _train_locked(config, settings, out, world, dev, data_dir, resume, on_batch, on_epoch)
+        return _train_locked(config, settings, out, world, dev, data_dir, resume, on_batch, on_epoch, on_data)
 
 
 def _train_locked(config: VAEConfig, settings: TrainSettings, out: Path, world: distributed.World,
                   dev: torch.device, data_dir: str | Path | None, resume: bool, on_batch: OnBatch | None,
-                  on_epoch: OnEpoch | None) -> list[dict[str, Any]]:
+                  on_epoch: OnEpoch | None, on_data: OnData | None) -> list[dict[str, Any]]:
     if resume:
         # rank 0's checkpoint, sent to every rank: the other machines need no copy of it
         run = Run.resume(distributed.from_main(load_checkpoint(out / CHECKPOINT) if world.is_main else None),
                          settings.epochs, dev, out / CHECKPOINT)
+        data = load_from_settings(dataclasses.asdict(run.settings), resolve_data_dir(data_dir))
+        _check_same_data(run, data, out / CHECKPOINT)
     elif (out / CHECKPOINT).exists():
         raise UsageError(f"{out / CHECKPOINT} already exists: pass --resume to continue it, or choose another --out")
     else:
-        run = Run.start(config, settings, dev)
+        data = load_from_settings(dataclasses.asdict(settings), resolve_data_dir(data_dir))
+        run = Run.start(dataclasses.replace(config, image_shape=data.image_shape), settings, dev)
+        run.data = {"description": data.description, "split": data.split}
     settings = run.settings
+    if on_data:
+        on_data(data.description)
 
-    root = resolve_data_dir(data_dir)
-    train_x = to_float(load_images(settings.dataset, root, train=True)[: settings.limit]).to(dev)
-    test_x = to_float(load_images(settings.dataset, root, train=False)[: settings.limit]).to(dev)
+    train_x = to_float(data.train[: settings.limit]).to(dev)
+    test_x = to_float(data.test[: settings.limit]).to(dev)
+    del data
     fixed_z = torch.randn(64, run.config.latent_dim, generator=torch.Generator().manual_seed(0)).to(dev)
     net = distributed.wrap(run.model, world)
     parallel = distributed.describe(world, settings.batch_size, settings.lr)
@@ -212,6 +235,13 @@ def _train_locked(config: VAEConfig, settings: TrainSettings, out: Path, world: 
             with contextlib.suppress(OSError) if failing else contextlib.nullcontext():  # keep the first error
                 plots.save_loss_curve(run.metrics[:saved], out / "loss.png")
     return run.metrics[:saved]
+
+
+def _check_same_data(run: Run, data: Data, checkpoint: Path) -> None:
+    """A resumed run must see the images it started with: same shape, same split."""
+    if data.image_shape != run.config.image_shape or data.split != run.data.get("split", data.split):
+        raise VaeExportError(f"{checkpoint} was trained on {run.data.get('description', run.config.image_shape)}; "
+                             f"the data now is {data.description}: resume on the same data, or start a new --out")
 
 
 def train_epoch(run: Run, epoch: int, x_all: torch.Tensor, on_batch: OnBatch | None,

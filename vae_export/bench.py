@@ -80,8 +80,7 @@ def run_bench(checkpoint: Path, batch_sizes: Sequence[int] = (1, 64, 1024, 8192)
     load_start = os.getloadavg()[0]
     model, state = load_model(checkpoint)
     top = max(batch_sizes)
-    images, source = _images(state.get("settings", {}).get("dataset", "mnist"), False, top, data_dir,
-                             model.config.image_shape)
+    images, source = _images(state.get("settings", {"dataset": "mnist"}), False, top, data_dir, model.config.image_shape)
     inputs = {"decoder": runtime.latent_slice(0, 0, top, model.config.latent_dim), "encoder": images.numpy()}
     report: dict[str, Any] = {
         "checkpoint": str(checkpoint), "preset": model.config.preset, "latent_dim": model.config.latent_dim,
@@ -307,18 +306,22 @@ def _train_speed(config: VAEConfig, dev: torch.device, images: torch.Tensor, ste
             "step_ms": 1e3 * TRAIN_BATCH / median, "threads": torch.get_num_threads() if dev.type == "cpu" else None}
 
 
-def _images(dataset: str, train: bool, n: int, data_dir: str | Path | None,
+def _images(dataset: str | dict, train: bool, n: int, data_dir: str | Path | None,
             shape: tuple[int, ...] = (1, 28, 28)) -> tuple[torch.Tensor, str]:
-    """n float images in [0, 1] from the dataset (repeated if it has fewer), else uniform noise."""
-    from training.data import load_images, resolve_data_dir, to_float
+    """n float images in [0, 1] from a dataset name or a checkpoint's settings (a folder or array: its
+    size, channels and split), repeated if it has fewer; uniform noise of `shape` if it is not here."""
+    from training.data import load_from_settings, resolve_data_dir, to_float
 
+    settings = {"dataset": dataset} if isinstance(dataset, str) else dataset
+    name = settings.get("dataset", "mnist")
     try:
-        x = load_images(dataset, resolve_data_dir(data_dir), train=train, download=False)
+        data = load_from_settings(settings, resolve_data_dir(data_dir), download=False)
+        x = data.train if train else data.test
         if x.shape[1:] != shape:
-            raise ValueError(f"{dataset} images are {tuple(x.shape[1:])}, the model takes {shape}")
+            raise ValueError(f"{name} images are {tuple(x.shape[1:])}, the model takes {shape}")
     except Exception:  # noqa: BLE001 - no data here: time on noise, and say so in the report
-        return torch.rand(n, *shape, generator=torch.Generator().manual_seed(0)), f"uniform noise (no {dataset})"
-    return to_float(x[torch.arange(n) % len(x)]), f"{dataset} {'train' if train else 'test'} images"
+        return torch.rand(n, *shape, generator=torch.Generator().manual_seed(0)), f"uniform noise (no {name})"
+    return to_float(x[torch.arange(n) % len(x)]), f"{name} {'train' if train else 'test'} images"
 
 
 def _one_line(e: BaseException) -> str:

@@ -1,5 +1,6 @@
 """The architecture as one typed dataclass, saved inside every checkpoint so a checkpoint alone
-rebuilds its model. Presets reproduce the classic MNIST tutorials' VAEs.
+rebuilds its model. Presets reproduce the classic MNIST tutorials' VAEs, plus `conv-large` for bigger
+colour images; training sets `image_shape` from the data, so every preset takes any (C, H, W).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ class VAEConfig:
     arch: str = "mlp"                              # "mlp" or "conv"
     image_shape: tuple[int, int, int] = (1, 28, 28)  # (C, H, W)
     hidden: tuple[int, ...] = (400,)               # MLP hidden widths; conv: width of the fc layer
-    channels: tuple[int, ...] = ()                 # conv only: encoder conv widths
+    channels: tuple[int, ...] = ()                 # conv only: encoder conv widths, one 3x3 layer each
+    strides: tuple[int, ...] = ()                  # conv only: each layer's stride, 1 or 2; () = derived (see conv_strides)
     latent_dim: int = 20
     likelihood: str = "bernoulli"                  # "bernoulli" (BCE) or "gaussian" (MSE)
     beta: float = 1.0                              # KL weight
@@ -34,10 +36,41 @@ class VAEConfig:
             raise UsageError("latent_dim and every hidden/channel width must be >= 1")
         if not self.beta >= 0:
             raise UsageError(f"beta must be >= 0, got {self.beta}")
-        if self.arch == "conv" and (len(self.channels) != 3 or len(self.hidden) != 1):
-            raise UsageError("conv needs exactly 3 channel widths and 1 hidden width")
-        if self.arch == "conv" and (self.image_shape[1] % 2 or self.image_shape[2] % 2):
-            raise UsageError("conv needs an even image height and width")
+        c, h, w = self.image_shape
+        if c not in (1, 3) or h < 1 or w < 1:
+            raise UsageError(f"image_shape must be (1 or 3 channels, height, width), got {self.image_shape}")
+        if self.arch == "conv":
+            self._check_conv()
+
+    def _check_conv(self) -> None:
+        _, h, w = self.image_shape
+        if not self.channels or len(self.hidden) != 1:
+            raise UsageError(f"{self.preset}: conv needs at least 1 channel width and exactly 1 hidden width")
+        if self.strides and (len(self.strides) != len(self.channels) or set(self.strides) - {1, 2}):
+            raise UsageError(f"{self.preset}: strides must be 1 or 2, one per channel width, got {self.strides}")
+        factor = 2 ** self.conv_strides.count(2)
+        if factor == 1 or h % factor or w % factor:
+            raise UsageError(f"{self.preset}: a {h}x{w} image does not fit this conv network (height and width must "
+                             f"be divisible by {max(factor, 2)}); pick another --image-size")
+
+    @property
+    def conv_strides(self) -> tuple[int, ...]:
+        """The conv layers' strides: as given, or derived from the image size: stride 2 in as many leading
+        layers as halve the height and width exactly while the smaller side stays >= 4 (64x64 with 4
+        layers: 2, 2, 2, 2 down to 4x4; 28x28: 2, 2, 1, 1 down to 7x7)."""
+        if self.strides:
+            return self.strides
+        _, h, w = self.image_shape
+        k = 0
+        while k < len(self.channels) and h % 2 ** (k + 1) == 0 and w % 2 ** (k + 1) == 0 and min(h, w) // 2 ** (k + 1) >= 4:
+            k += 1
+        return (2,) * k + (1,) * (len(self.channels) - k)
+
+    @property
+    def conv_grid(self) -> tuple[int, int]:
+        """(H, W) of the last conv layer's output, which the fc layer flattens."""
+        factor = 2 ** self.conv_strides.count(2)
+        return self.image_shape[1] // factor, self.image_shape[2] // factor
 
     @property
     def pixels(self) -> int:
@@ -64,7 +97,11 @@ PRESETS: dict[str, VAEConfig] = {
     # the deeper MLP tutorials: 784-256-64-10, Gaussian likelihood (summed squared error)
     "mlp-deep": VAEConfig("mlp-deep", "mlp", hidden=(256, 64), latent_dim=10, likelihood="gaussian"),
     # the convolutional VAE with a 2-D latent (Keras / Pyro tutorials), plotted as a manifold
-    "conv": VAEConfig("conv", "conv", hidden=(32,), channels=(16, 32, 32), latent_dim=2, likelihood="bernoulli"),
+    "conv": VAEConfig("conv", "conv", hidden=(32,), channels=(16, 32, 32), strides=(1, 2, 1), latent_dim=2,
+                      likelihood="bernoulli"),
+    # bigger colour images (64x64x3): four conv layers, stride 2 where the size allows, a 64-D latent
+    "conv-large": VAEConfig("conv-large", "conv", hidden=(256,), channels=(16, 32, 64, 128), latent_dim=64,
+                            likelihood="bernoulli"),
 }
 
 

@@ -73,13 +73,17 @@ def metadata(config: VAEConfig, checkpoint: dict[str, Any], checkpoint_sha256: s
              fmt: str, opset: int | None = None, variant: str = "fp32") -> dict[str, Any]:
     """What makes a file self-describing: enough to use it without the checkpoint or this package."""
     metrics = checkpoint.get("metrics") or [{}]
+    channels, height, width = config.image_shape
     return {
         "producer": "vae-export", "package_version": __version__, "format": fmt, "role": spec.role,
         "variant": variant, "inputs": list(spec.inputs), "outputs": list(spec.outputs), "batch_axis": BATCH_AXIS,
         "preset": config.preset, "arch": config.arch, "latent_dim": config.latent_dim,
-        "image_shape": list(config.image_shape), "likelihood": config.likelihood, "beta": config.beta,
+        "image_shape": list(config.image_shape), "channels": channels, "color": "rgb" if channels == 3 else "grey",
+        "image_size": [height, width], "value_range": [0.0, 1.0],     # pixels in and out, channel-first (N, C, H, W)
+        "likelihood": config.likelihood, "beta": config.beta,
         "output_range": [0.0, 1.0] if spec.role == "decoder" else None,
-        "dataset": checkpoint.get("settings", {}).get("dataset"), "epochs_trained": checkpoint.get("epoch"),
+        "dataset": checkpoint.get("settings", {}).get("dataset"),
+        "dataset_description": checkpoint.get("data", {}).get("description"), "epochs_trained": checkpoint.get("epoch"),
         "test_loss": metrics[-1].get("test_loss"), "opset": opset, "checkpoint_sha256": checkpoint_sha256,
     }
 

@@ -3,7 +3,7 @@ separate modules so each exports alone, composed by `VAE` with the reparameteriz
 
     from vae_export.config import make_config
     vae = VAE(make_config("mlp"))
-    logits, mu, logvar = vae(x)          # x: (B, 1, 28, 28) in [0, 1]
+    logits, mu, logvar = vae(x)          # x: (B, C, H, W) in [0, 1], the config's image_shape
     recon, kl = elbo_terms(logits, x, mu, logvar, "bernoulli")
 """
 
@@ -32,17 +32,18 @@ class Encoder(nn.Module):
     def __init__(self, config: VAEConfig):
         super().__init__()
         self.config = config
-        c, h, w = config.image_shape
+        c = config.image_shape[0]
         if config.arch == "mlp":
             self.body = nn.Sequential(nn.Flatten(), _mlp([config.pixels, *config.hidden]), nn.ReLU())
         else:
-            c1, c2, c3 = config.channels
+            layers: list[nn.Module] = []
+            for n_in, n_out, stride in zip((c, *config.channels), config.channels, config.conv_strides):
+                layers += [nn.Conv2d(n_in, n_out, 3, stride=stride, padding=1), nn.ReLU()]  # H, W halve if stride 2
+            gh, gw = config.conv_grid
             self.body = nn.Sequential(
-                nn.Conv2d(c, c1, 3, padding=1), nn.ReLU(),                # (B, c1, H, W)
-                nn.Conv2d(c1, c2, 3, stride=2, padding=1), nn.ReLU(),     # (B, c2, H/2, W/2)
-                nn.Conv2d(c2, c3, 3, padding=1), nn.ReLU(),
-                nn.Flatten(),                                             # (B, c3 * H/2 * W/2)
-                nn.Linear(c3 * (h // 2) * (w // 2), config.hidden[0]), nn.ReLU(),
+                *layers,                                                  # (B, c_last, gh, gw)
+                nn.Flatten(),                                             # (B, c_last * gh * gw)
+                nn.Linear(config.channels[-1] * gh * gw, config.hidden[0]), nn.ReLU(),
             )
         self.mu = nn.Linear(config.hidden[-1], config.latent_dim)
         self.logvar = nn.Linear(config.hidden[-1], config.latent_dim)
@@ -59,17 +60,19 @@ class Decoder(nn.Module):
     def __init__(self, config: VAEConfig):
         super().__init__()
         self.config = config
-        c, h, w = config.image_shape
+        c = config.image_shape[0]
         if config.arch == "mlp":
             self.body = _mlp([config.latent_dim, *reversed(config.hidden), config.pixels])
         else:
-            c3 = config.channels[-1]
-            self.body = nn.Sequential(
-                nn.Linear(config.latent_dim, c3 * (h // 2) * (w // 2)), nn.ReLU(),
-                nn.Unflatten(1, (c3, h // 2, w // 2)),                                 # (B, c3, H/2, W/2)
-                nn.ConvTranspose2d(c3, c3, 3, stride=2, padding=1, output_padding=1), nn.ReLU(),  # (B, c3, H, W)
-                nn.Conv2d(c3, c, 3, padding=1),                                        # (B, C, H, W)
-            )
+            # one transposed conv undoes each stride-2 encoder layer, with that layer's width, in reverse
+            gh, gw, width = *config.conv_grid, config.channels[-1]
+            layers: list[nn.Module] = [nn.Linear(config.latent_dim, width * gh * gw), nn.ReLU(),
+                                       nn.Unflatten(1, (width, gh, gw))]                       # (B, c_last, gh, gw)
+            downs = [n for n, s in zip(config.channels, config.conv_strides) if s == 2]
+            for n_out in reversed(downs):
+                layers += [nn.ConvTranspose2d(width, n_out, 3, stride=2, padding=1, output_padding=1), nn.ReLU()]
+                width = n_out                                                                  # H, W double
+            self.body = nn.Sequential(*layers, nn.Conv2d(width, c, 3, padding=1))              # (B, C, H, W)
 
     def logits(self, z: torch.Tensor) -> torch.Tensor:
         return self.body(z).view(-1, *self.config.image_shape)  # (B, C*H*W) -> (B, C, H, W) for MLPs

@@ -47,7 +47,7 @@ VARIANT_TOLERANCES: dict[str, tuple[float, float]] = {"fp16": (2e-3, 0.0), "int8
 class Row:
     artifact: str
     backend: str
-    inputs: str          # "random" or "mnist"
+    inputs: str          # "random", or the dataset of the real images ("mnist", "folder", ...)
     batch_size: int
     output: str
     max_abs: float
@@ -72,9 +72,11 @@ def artifacts_in(directory: Path) -> list[Path]:
 
 
 def check_parity(model: VAE, paths: list[Path], *, provider: str = "cpu", images: np.ndarray | None = None,
-                 atol: float | None = None, rtol: float | None = None, seed: int = 0) -> list[Row]:
+                 atol: float | None = None, rtol: float | None = None, seed: int = 0,
+                 images_name: str = "mnist") -> list[Row]:
     """Compare each artifact in `paths` with the eager `model`. Returns all rows; raises ParityError
-    (carrying the rows) if any fails. `images` (N, C, H, W) in [0, 1] adds real-data rows."""
+    (carrying the rows) if any fails. `images` (N, C, H, W) in [0, 1] adds real-data rows, whose
+    `inputs` column says `images_name` (the dataset: mnist, folder, npy...)."""
     providers = {"cpu": ["cpu"], "cuda": ["cuda"], "all": ["cpu", "cuda"]}[provider]
     if provider == "all" and not torch.cuda.is_available():
         providers = ["cpu"]  # --provider all checks what this machine has; --provider cuda insists
@@ -88,7 +90,7 @@ def check_parity(model: VAE, paths: list[Path], *, provider: str = "cpu", images
             bounds = VARIANT_TOLERANCES.get(variant) or TOLERANCES[backend]
             bounds = (atol if atol is not None else bounds[0],
                       rtol if rtol is not None else (ENCODER_RTOL if role == "encoder" else bounds[1]))
-            rows += _compare(model, role, run, path.name, backend, device, bounds, images, seed)
+            rows += _compare(model, role, run, path.name, backend, device, bounds, images, images_name, seed)
     failed = [r for r in rows if not r.passed]
     if failed:
         raise ParityError(f"{len(failed)} of {len(rows)} parity checks failed", rows)
@@ -142,7 +144,7 @@ def _refuse_external_data(path: Path) -> None:
 
 
 def _compare(model: VAE, role: str, run, name: str, backend: str, device: str, bounds: tuple[float, float],
-             images: np.ndarray | None, seed: int) -> list[Row]:
+             images: np.ndarray | None, images_name: str, seed: int) -> list[Row]:
     spec = SPECS[role]
     cfg = model.config
     eager = spec.module(model).eval() if device == "cpu" else copy.deepcopy(spec.module(model)).to(device).eval()
@@ -153,7 +155,7 @@ def _compare(model: VAE, role: str, run, name: str, backend: str, device: str, b
         if role == "decoder":  # real latents: the means the encoder gives real test images
             with torch.inference_mode():
                 x = model.encoder(x)[0]
-        cases.append(("mnist", x))
+        cases.append((images_name, x))
     rows = []
     with exact_fp32(), torch.inference_mode():
         for kind, x in cases:
@@ -185,15 +187,19 @@ def exact_fp32():
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-def real_images(dataset: str, data_dir: str | Path | None = None, n: int = 1000) -> np.ndarray | None:
-    """The first n test images of `dataset` as float32 (n, 1, 28, 28) in [0, 1], or None offline."""
-    from training.data import load_images, resolve_data_dir
+def real_images(dataset: str | dict, data_dir: str | Path | None = None, n: int = 1000,
+                shape: tuple[int, ...] | None = None) -> np.ndarray | None:
+    """The first n test images of a dataset name, or of the data a checkpoint's `settings` describe
+    (a folder or array: same size, channels and split), as float32 (n, C, H, W) in [0, 1]; None if
+    the data is not here (or, given `shape`, no longer has the model's image shape)."""
+    from training.data import load_from_settings, resolve_data_dir, to_float
 
+    settings = {"dataset": dataset} if isinstance(dataset, str) else dataset
     try:
-        x = load_images(dataset, resolve_data_dir(data_dir), train=False, download=False)[:n]
+        x = load_from_settings(settings, resolve_data_dir(data_dir), download=False).test[:n]
     except Exception:  # noqa: BLE001 - no data here: parity still runs on random inputs
         return None
-    return x.float().div(255).numpy()
+    return to_float(x).numpy() if shape is None or tuple(x.shape[1:]) == tuple(shape) else None
 
 
 def print_table(rows: list[Row], console) -> None:

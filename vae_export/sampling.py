@@ -144,21 +144,24 @@ def to_dtype(images: np.ndarray, dtype, out: np.ndarray | None = None) -> np.nda
 
 
 def grid(images: np.ndarray, nrow: int | None = None, padding: int = 2) -> np.ndarray:
-    """(B, 1, H, W) in [0, 1] -> one (rows*(H+p)+p, cols*(W+p)+p) uint8 image, laid out like
-    torchvision's make_grid, written here in numpy so that sampling never imports torch."""
-    b, _, h, w = images.shape
+    """(B, C, H, W) in [0, 1], C = 1 or 3 -> one uint8 image, (rows*(H+p)+p, cols*(W+p)+p) grey or
+    (..., ..., 3) colour, laid out like torchvision's make_grid, in numpy so that sampling never imports torch."""
+    b, c, h, w = images.shape
+    if c not in (1, 3):
+        raise UsageError(f"a PNG grid needs 1 (grey) or 3 (RGB) channels, got {c}")
     cols = nrow or int(np.ceil(np.sqrt(b)))
     rows = int(np.ceil(b / cols))
-    canvas = np.zeros((rows * (h + padding) + padding, cols * (w + padding) + padding), np.uint8)
-    pixels = to_dtype(images.astype(np.float32, copy=True), np.uint8)[:, 0]
+    pixels = to_dtype(images.astype(np.float32, copy=True), np.uint8).transpose(0, 2, 3, 1)  # (B, H, W, C)
+    canvas = np.zeros((rows * (h + padding) + padding, cols * (w + padding) + padding, c), np.uint8)
     for k in range(b):
-        r, c = divmod(k, cols)
-        y, x = padding + r * (h + padding), padding + c * (w + padding)
+        r, col = divmod(k, cols)
+        y, x = padding + r * (h + padding), padding + col * (w + padding)
         canvas[y: y + h, x: x + w] = pixels[k]
-    return canvas
+    return canvas[..., 0] if c == 1 else canvas
 
 
 def save_png_grid(images: np.ndarray, path: Path, nrow: int | None = None, padding: int = 2) -> None:
+    """A grey or RGB PNG grid of (B, C, H, W) images in [0, 1], written atomically."""
     from PIL import Image
 
     with atomic_path(path) as tmp:

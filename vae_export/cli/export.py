@@ -58,14 +58,14 @@ def _export(checkpoint: Path, out_dir: Path, write, data_dir, quiet: bool, next_
     from ..checkpoint import load_model
     from ..export import write_manifest
     from ..files import check_writable, sha256_file, staged_dir
-    from ..parity import check_parity, real_images
+    from ..parity import check_parity
 
     check_writable(out_dir, folder=True)
     model, state = load_model(checkpoint)
-    images = real_images(state.get("settings", {}).get("dataset", "mnist"), data_dir)
+    images, name = _real_images(model, state, data_dir)
     with staged_dir(out_dir) as stage:
         written = write(model, state, sha256_file(checkpoint), stage)
-        rows = _parity(lambda: check_parity(model, [w.path for w in written], images=images), quiet)
+        rows = _parity(lambda: check_parity(model, [w.path for w in written], images=images, images_name=name), quiet)
         sizes = {w.path.name: w.bytes for w in written}
     write_manifest(out_dir)
     for w in written:
@@ -90,17 +90,26 @@ def parity(
     """Check every artifact in DIRECTORY against the eager model rebuilt from CHECKPOINT."""
     from ..checkpoint import load_model
     from ..files import check_writable
-    from ..parity import artifacts_in, check_parity, real_images
+    from ..parity import artifacts_in, check_parity
 
     if report:
         check_writable(report)
     model, state = load_model(checkpoint)
     paths = artifacts_in(directory)
-    images = real_images(state.get("settings", {}).get("dataset", "mnist"), data_dir)
-    rows = _parity(lambda: check_parity(model, paths, provider=provider.value, images=images, atol=atol, rtol=rtol),
-                   quiet, report)
+    images, name = _real_images(model, state, data_dir)
+    rows = _parity(lambda: check_parity(model, paths, provider=provider.value, images=images, atol=atol, rtol=rtol,
+                                        images_name=name), quiet, report)
     out.print(f"parity: {len(rows)} checks passed for {len(paths)} artifacts"
               + ("" if images is not None else " (random inputs only: no test images found)"))
+
+
+def _real_images(model, state: dict, data_dir):
+    """The test images of the data the checkpoint was trained on (MNIST, a folder, an array...), and its kind."""
+    from ..parity import real_images
+
+    settings = state.get("settings", {"dataset": "mnist"})
+    return (real_images(settings, data_dir, shape=model.config.image_shape),
+            settings.get("dataset", "mnist").partition(":")[0])
 
 
 def _parity(check, quiet: bool, report: Path | None = None):

@@ -18,11 +18,6 @@ from .common import Device, Quiet, command, err, needs_train_extra, out
 Preset = Enum("Preset", {name.replace("-", "_"): name for name in PRESETS}, type=str)
 
 
-class Dataset(str, Enum):
-    mnist = "mnist"
-    fashion_mnist = "fashion-mnist"
-
-
 class Likelihood(str, Enum):
     bernoulli = "bernoulli"
     gaussian = "gaussian"
@@ -42,7 +37,17 @@ def train(
     latent_dim: Annotated[Optional[int], typer.Option(min=1, max=2**16, help="Override the preset's latent size.")] = None,
     beta: Annotated[Optional[float], typer.Option(min=0.0, help="KL weight (1 = the ELBO).")] = None,
     likelihood: Annotated[Optional[Likelihood], typer.Option(help="Override the preset's likelihood.")] = None,
-    dataset: Annotated[Optional[Dataset], typer.Option(show_default="mnist")] = None,
+    dataset: Annotated[Optional[str], typer.Option(show_default="mnist", help="mnist, fashion-mnist, cifar10, cifar100 (torchvision, downloaded when "
+                                                   "online), folder:PATH (images, recursively), npy:PATH or npz:PATH (an array "
+                                                   "(N, H, W), (N, C, H, W) or (N, H, W, C), uint8 or float in [0, 1]).")] = None,
+    image_size: Annotated[Optional[str], typer.Option(help="Resize every image to HxW (e.g. 64x64) [default: the "
+                                                      "data's size; required if a folder's sizes differ].")] = None,
+    channels: Annotated[Optional[int], typer.Option(min=1, max=3, help="1 (grey) or 3 (RGB) [default: what the images are].")] = None,
+    test_fraction: Annotated[Optional[float], typer.Option(show_default="0.1", help="folder/npy/npz: share of images held out "
+                                                           "for the test loss (a fixed split, recorded in the checkpoint).")] = None,
+    skip_bad_files: Annotated[bool, typer.Option(help="folder: train without unreadable files instead of refusing.")] = False,
+    conv_widths: Annotated[Optional[str], typer.Option(help="conv presets: encoder widths, one 3x3 layer each, e.g. "
+                                                       "32,64,128,256 (stride 2 where the image size allows).")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="Dataset root [default: $VAE_EXPORT_DATA or ~/.cache/vae-export/data].")] = None,
     device: Annotated[Device, typer.Option(help="auto picks CUDA when torch sees a GPU.")] = Device.auto,
     seed: Annotated[Optional[int], typer.Option(min=0, max=SEED_MAX, show_default="1")] = None,
@@ -62,15 +67,23 @@ def train(
     from ..progress import TrainProgress
 
     saved = {"--preset": preset, "--batch-size": batch_size, "--lr": lr, "--latent-dim": latent_dim, "--beta": beta,
-             "--likelihood": likelihood, "--dataset": dataset, "--seed": seed, "--patience": patience, "--limit": limit}
+             "--likelihood": likelihood, "--dataset": dataset, "--image-size": image_size, "--channels": channels,
+             "--test-fraction": test_fraction, "--skip-bad-files": skip_bad_files or None, "--conv-widths": conv_widths,
+             "--seed": seed, "--patience": patience, "--limit": limit}
     if resume and any(v is not None for v in saved.values()):  # these come from the checkpoint: refuse, never drop
         raise UsageError(f"--resume continues with the checkpoint's own settings; drop "
                          f"{', '.join(k for k, v in saved.items() if v is not None)}")
     preset_name = preset.value if preset else "mlp"
+    widths = _sizes(conv_widths, ",", "--conv-widths", "32,64,128")
+    if widths and PRESETS[preset_name].arch != "conv":
+        raise typer.BadParameter(f"--conv-widths applies to conv presets, not {preset_name}")
     config = make_config(preset_name, latent_dim=latent_dim, beta=beta,
-                         likelihood=likelihood.value if likelihood else None)
-    given = {"batch_size": batch_size, "lr": lr, "seed": seed, "dataset": dataset.value if dataset else None}
-    settings = TrainSettings(epochs=epochs, patience=patience, limit=limit, **{k: v for k, v in given.items() if v is not None})
+                         likelihood=likelihood.value if likelihood else None,
+                         channels=widths, strides=() if widths else None)
+    given = {"batch_size": batch_size, "lr": lr, "seed": seed, "dataset": dataset, "test_fraction": test_fraction,
+             "image_size": _sizes(image_size, "x", "--image-size", "64x64", 2), "image_channels": channels}
+    settings = TrainSettings(epochs=epochs, patience=patience, limit=limit, skip_bad_files=skip_bad_files,
+                             **{k: v for k, v in given.items() if v is not None})
     out_dir = check_writable(out_dir or Path("runs") / preset_name, folder=True)
     if nproc > 1:  # the options are valid: now run this very command in nproc processes
         if _torchrun(nproc, ["train", *_without_option(sys.argv[2:], "--nproc")]):
@@ -86,7 +99,8 @@ def train(
     progress = TrainProgress(err, epochs, quiet)
     with progress:
         metrics = run_training(config, settings, out_dir, data_dir=data_dir, device=device.value, resume=resume,
-                               on_batch=progress.batch, on_epoch=progress.epoch)
+                               on_batch=progress.batch, on_epoch=progress.epoch,
+                               on_data=None if quiet else lambda line: err.print(f"data: {line}", markup=False))
     if not metrics:
         raise VaeExportError(f"no epoch was trained in {out_dir}")
     if not world.is_main:
@@ -117,3 +131,18 @@ def _without_option(args: list[str], name: str) -> list[str]:
         else:
             kept.append(arg)
     return kept
+
+
+def _sizes(text: Optional[str], sep: str, option: str, example: str, count: Optional[int] = None) -> Optional[tuple[int, ...]]:
+    """'64x48' -> (64, 48); '32,64' -> (32, 64); None -> None. A bad value is a usage error (exit 2)."""
+    if text is None:
+        return None
+    try:
+        sizes = tuple(int(v) for v in text.lower().split(sep))
+    except ValueError:
+        sizes = ()
+    if count == 2 and len(sizes) == 1:     # --image-size 64 = 64x64
+        sizes *= 2
+    if not sizes or min(sizes) < 1 or (count and len(sizes) != count):
+        raise typer.BadParameter(f"{option} must look like {example}, got {text!r}")
+    return sizes
