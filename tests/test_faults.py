@@ -225,6 +225,7 @@ def test_the_run_lock_dies_with_its_process(tmp_path):
     holder.wait()
     with run_lock(tmp_path):                                             # the kernel released the lock
         pass
+    assert not list(tmp_path.iterdir())                                  # and a released lock leaves no file
 
 
 # -- 5: tampered checkpoints, refused in one line by every consumer --------------------------------------------

@@ -162,20 +162,30 @@ def _size(nbytes: int) -> str:
 @contextlib.contextmanager
 def run_lock(folder: str | os.PathLike) -> Iterator[None]:
     """Hold an exclusive lock on a run folder for the block; a second process is refused in one line.
-    The kernel releases the lock when the process dies, so a crash never leaves the folder locked."""
-    folder = Path(folder)
-    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
-    try:
+    The kernel releases the lock when the process dies, so a crash never leaves the folder locked.
+    The lock file is removed on release (while still held), so a finished or refused run leaves
+    nothing behind; a locker that finds its file replaced this way locks the new one."""
+    path = Path(folder) / LOCK_NAME
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise VaeExportError(f"{folder} is in use by another vae-export run (pid {owner}); "
+            os.close(fd)
+            raise VaeExportError(f"{path.parent} is in use by another vae-export run (pid {owner}); "
                                  "wait for it to finish or choose another --out") from None
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break                                   # the file at `path` is the one we hold
+        os.close(fd)                                    # its holder removed it on release: lock the new one
+    try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
         os.close(fd)
 
 
