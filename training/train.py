@@ -20,6 +20,7 @@ from vae_export.checkpoint import load_checkpoint, save_checkpoint
 from vae_export.config import VAEConfig
 from vae_export.errors import TrainingDiverged, UsageError, VaeExportError
 from vae_export.files import atomic_open, writable_dir
+from vae_export.likelihood import bernoulli_draw, check_binarize, static_binarized
 from vae_export.model import VAE, elbo_terms
 
 from . import plots
@@ -38,6 +39,7 @@ class TrainSettings:
     patience: int | None = None       # stop after this many epochs without a better test loss
     limit: int | None = None          # use only the first N images of each split (quick runs)
     eval_batch_size: int = 2000
+    binarize: str = "none"            # "dynamic" | "static": binary pixels for a normalized Bernoulli likelihood
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -141,10 +143,15 @@ def train(config: VAEConfig, settings: TrainSettings, out: str | Path, *, data_d
     else:
         run = Run.start(config, settings, dev)
     settings = run.settings
+    check_binarize(settings.binarize, run.config.likelihood)
 
     root = resolve_data_dir(data_dir)
     train_x = to_float(load_images(settings.dataset, root, train=True)[: settings.limit]).to(dev)
     test_x = to_float(load_images(settings.dataset, root, train=False)[: settings.limit]).to(dev)
+    if settings.binarize == "static":
+        train_x = static_binarized(train_x, "train")
+    if settings.binarize != "none":  # dynamic too: one fixed draw of the test set, so the test loss is repeatable
+        test_x = static_binarized(test_x, "test")
     fixed_z = torch.randn(64, run.config.latent_dim, generator=torch.Generator().manual_seed(0)).to(dev)
     try:
         for epoch in range(len(run.metrics) + 1, settings.epochs + 1):
@@ -176,14 +183,16 @@ def train_epoch(run: Run, epoch: int, x_all: torch.Tensor, on_batch: OnBatch | N
     """One pass over the shuffled data; returns the mean loss per image (nats). The loss is summed
     over the batch before backward, as in pytorch/examples (Adam makes the scale immaterial)."""
     model, optimizer = run.model.train(), run.optimizer
-    beta, likelihood = run.config.beta, run.config.likelihood
+    beta, likelihood, sigma = run.config.beta, run.config.likelihood, run.config.sigma
     total = torch.zeros((), device=x_all.device)
     index = batches(len(x_all), run.settings.batch_size, run.shuffle_rng)
     seen = 0
     for i, idx in enumerate(index):
         x = x_all[idx.to(x_all.device)]
+        if run.settings.binarize == "dynamic":
+            x = bernoulli_draw(x, run.noise_rng)
         logits, mu, logvar = model(x, run.noise_rng)
-        recon, kl = elbo_terms(logits, x, mu, logvar, likelihood)
+        recon, kl = elbo_terms(logits, x, mu, logvar, likelihood, sigma)
         loss = recon + beta * kl
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -209,7 +218,7 @@ def evaluate(model: VAE, x_all: torch.Tensor, batch_size: int = 2000, seed: int 
     recon_sum = kl_sum = 0.0
     for x in x_all.split(batch_size):
         logits, mu, logvar = model(x, rng)
-        recon, kl = elbo_terms(logits, x, mu, logvar, model.config.likelihood)
+        recon, kl = elbo_terms(logits, x, mu, logvar, model.config.likelihood, model.config.sigma)
         recon_sum, kl_sum = recon_sum + recon.item(), kl_sum + kl.item()
     n = len(x_all)
     loss = (recon_sum + model.config.beta * kl_sum) / n

@@ -24,6 +24,7 @@ class VAEConfig:
     latent_dim: int = 20
     likelihood: str = "bernoulli"                  # "bernoulli" (BCE) or "gaussian" (MSE)
     beta: float = 1.0                              # KL weight
+    sigma: float = 0.5 ** 0.5                      # gaussian: the fixed pixel std (sqrt(1/2): MSE sum = NLL + const)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -34,6 +35,8 @@ class VAEConfig:
             raise UsageError("latent_dim and every hidden/channel width must be >= 1")
         if not self.beta >= 0:
             raise UsageError(f"beta must be >= 0, got {self.beta}")
+        if not self.sigma > 0:
+            raise UsageError(f"sigma must be > 0, got {self.sigma}")
         if self.arch == "conv" and (len(self.channels) != 3 or len(self.hidden) != 1):
             raise UsageError("conv needs exactly 3 channel widths and 1 hidden width")
         if self.arch == "conv" and (self.image_shape[1] % 2 or self.image_shape[2] % 2):

@@ -25,6 +25,12 @@ class Likelihood(str, Enum):
     gaussian = "gaussian"
 
 
+class Binarize(str, Enum):
+    none = "none"
+    dynamic = "dynamic"
+    static = "static"
+
+
 @command
 def train(
     preset: Annotated[Preset, typer.Option(help="Architecture preset.")] = Preset.mlp,
@@ -34,6 +40,10 @@ def train(
     latent_dim: Annotated[Optional[int], typer.Option(min=1, help="Override the preset's latent size.")] = None,
     beta: Annotated[Optional[float], typer.Option(min=0.0, help="KL weight (1 = the ELBO).")] = None,
     likelihood: Annotated[Optional[Likelihood], typer.Option(help="Override the preset's likelihood.")] = None,
+    sigma: Annotated[Optional[float], typer.Option(help="Gaussian likelihood: the fixed pixel "
+                                    "std (> 0) [default: sqrt(1/2), i.e. summed squared error].")] = None,
+    binarize: Annotated[Binarize, typer.Option(help="Binary pixels for a normalized Bernoulli likelihood: a fresh "
+                                               "draw every batch (dynamic) or one fixed draw (static).")] = Binarize.none,
     dataset: Annotated[Dataset, typer.Option()] = Dataset.mnist,
     data_dir: Annotated[Optional[Path], typer.Option(help="Dataset root [default: $VAE_EXPORT_DATA or ~/.cache/vae-export/data].")] = None,
     device: Annotated[Device, typer.Option(help="auto picks CUDA when torch sees a GPU.")] = Device.auto,
@@ -50,10 +60,10 @@ def train(
     from ..config import make_config
     from ..progress import TrainProgress
 
-    config = make_config(preset.value, latent_dim=latent_dim, beta=beta,
+    config = make_config(preset.value, latent_dim=latent_dim, beta=beta, sigma=sigma,
                          likelihood=likelihood.value if likelihood else None)
     settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, dataset=dataset.value,
-                             patience=patience, limit=limit)
+                             binarize=binarize.value, patience=patience, limit=limit)
     out_dir = out_dir or Path("runs") / preset.value
     progress = TrainProgress(err, epochs, quiet)
     with progress:
