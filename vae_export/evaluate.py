@@ -64,7 +64,7 @@ def networks(model: VAE, checkpoint_sha256: str, encoder: Path | None = None, de
     same checkpoint (its metadata's sha256) and have the model's shapes; otherwise the pair is refused."""
     from . import runtime
 
-    model = model.to(device)
+    model = model.eval().to(device)
     encode, decode_logits = model.encoder, model.decoder.logits
     if encoder is not None:
         onnx_encoder = runtime.Encoder(encoder, _provider(device))
@@ -190,17 +190,18 @@ def bits_per_dim(nll_nats: float, dims: int) -> float:
     return nll_nats / (dims * math.log(2))
 
 
-def evaluate(model: VAE, checkpoint_sha256: str, images: torch.Tensor, settings: EvalSettings, *,
-             encoder: Path | None = None, decoder: Path | None = None, device: str = "cpu",
-             on_images: Callable[[int], None] | None = None) -> dict:
-    """Evaluate `model` (or its exported halves) on `images` (N, C, H, W) in [0, 1], the split's
-    grey levels: binarization and the first-N cut are applied here. Returns the report dict."""
-    config = model.config
-    check_binarize(settings.binarize, config.likelihood)
-    if images.shape[1:] != config.image_shape:
-        raise UsageError(f"images have shape {tuple(images.shape[1:])}, the model expects {config.image_shape}")
-    nets = networks(model.eval(), checkpoint_sha256, encoder, decoder, device)
+def evaluate(nets: Networks, config: VAEConfig, images: torch.Tensor, settings: EvalSettings, *,
+             device: str = "cpu", on_images: Callable[[int], None] | None = None) -> dict:
+    """Evaluate the networks of a `config` model on `images` (N, C, H, W) in [0, 1], the split's grey
+    levels: binarization and the first-N cut are applied here. Returns the report dict."""
+    check_inputs(config, images, settings)
     t0 = time.perf_counter()
     x = evaluation_images(images, settings).to(device)
     figures = per_image(nets, x, config, settings, on_images)
     return summary(figures, config, settings, nets, time.perf_counter() - t0)
+
+
+def check_inputs(config: VAEConfig, images: torch.Tensor, settings: EvalSettings) -> None:
+    check_binarize(settings.binarize, config.likelihood)
+    if images.shape[1:] != config.image_shape:
+        raise UsageError(f"images have shape {tuple(images.shape[1:])}, the model expects {config.image_shape}")

@@ -52,7 +52,7 @@ def evaluate(
     from training.train import pick_device
 
     from ..checkpoint import load_model
-    from ..evaluate import EvalSettings, evaluate as run_evaluation
+    from ..evaluate import EvalSettings, check_inputs, evaluate as run_evaluation, networks
     from ..files import sha256_file, writable_dir
     from ..progress import SampleProgress
 
@@ -64,11 +64,11 @@ def evaluate(
     settings = EvalSettings(ks=ks, n_images=n_images, split=split.value, seed=seed,
                             binarize=binarize.value if binarize else trained.get("binarize", "none"))
     dev = str(pick_device(device.value))
+    nets = networks(model, sha256_file(checkpoint), encoder, decoder, dev)
     images = to_float(load_images(trained.get("dataset", "mnist"), resolve_data_dir(data_dir), train=split == Split.train))
-    total = min(n_images or len(images), len(images))
-    with SampleProgress(err, total, disable=quiet, label="images") as progress:
-        result = run_evaluation(model, sha256_file(checkpoint), images, settings, encoder=encoder, decoder=decoder,
-                                device=dev, on_images=progress.advance)
+    check_inputs(model.config, images, settings)
+    with SampleProgress(err, min(n_images or len(images), len(images)), disable=quiet, label="images") as progress:
+        result = run_evaluation(nets, model.config, images, settings, device=dev, on_images=progress.advance)
     print_result(result)
     if report is not None:
         from ..files import write_json
