@@ -33,7 +33,8 @@ PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 BASE = {"numpy", "onnxruntime", "typer", "rich", "pillow"}
 MODEL = {f"vae_export/artifacts/mlp/{name}" for name in ("encoder.onnx", "decoder.onnx", "decoder.json", "manifest.json")}
 # Every torch command, with arguments that get through Typer's parsing, so that the extras check answers.
-TORCH_COMMANDS = [["train"], ["onnx", "c.pt"], ["torchscript", "c.pt"], ["parity", "c.pt", "export"], ["bench"]]
+TORCH_COMMANDS = [["train"], ["onnx", "c.pt"], ["torchscript", "c.pt"], ["parity", "c.pt", "export"], ["bench"],
+                  ["evaluate", "c.pt"]]
 REFUSAL = 'needs the training extra: pip install "vae-export[train]"'
 
 # Run inside the venv: where the packaged model is, and that neither torch nor onnx is there or imported.
@@ -154,7 +155,7 @@ def test_the_wheel_in_a_fresh_venv_samples_without_torch_and_refuses_the_torch_c
     assert len(refused.stderr.strip().splitlines()) == 1 and f"vae-export train {REFUSAL}" in refused.stderr
 
     result = json.loads(run(venv / "python", "-c", EVERY_COMMAND, json.dumps(TORCH_COMMANDS), cwd=tmp_path).stdout)
-    assert {"sample", "encode", "reconstruct", "train", "bench"} <= set(result["help"])
+    assert {"sample", "encode", "reconstruct", "train", "bench", "evaluate", "web", "merge"} <= set(result["help"])
     assert set(result["help"].values()) == {0}, result["help"]
     for command, code, output in result["refused"]:
         assert code == 2 and f"vae-export {command} {REFUSAL}" in output, (command, code, output)

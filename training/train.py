@@ -22,6 +22,7 @@ from vae_export.checkpoint import load_checkpoint, save_checkpoint, typed_datacl
 from vae_export.config import VAEConfig
 from vae_export.errors import CheckpointError, TrainingDiverged, UsageError, VaeExportError, first_line
 from vae_export.files import atomic_open, run_lock, writable_dir
+from vae_export.likelihood import bernoulli_draw, check_binarize, static_binarized
 from vae_export.model import VAE, elbo_terms
 
 from . import distributed, plots
@@ -44,6 +45,7 @@ class TrainSettings:
     patience: int | None = None       # stop after this many epochs without a better test loss
     limit: int | None = None          # use only the first N images of each split (quick runs)
     eval_batch_size: int = 2000
+    binarize: str = "none"            # "dynamic" | "static": binary pixels for a normalized Bernoulli likelihood
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -194,12 +196,17 @@ def _train_locked(config: VAEConfig, settings: TrainSettings, out: Path, world: 
         run = Run.start(dataclasses.replace(config, image_shape=data.image_shape), settings, dev)
         run.data = {"description": data.description, "split": data.split}
     settings = run.settings
+    check_binarize(settings.binarize, run.config.likelihood)
     if on_data:
         on_data(data.description)
 
     train_x = to_float(data.train[: settings.limit]).to(dev)
     test_x = to_float(data.test[: settings.limit]).to(dev)
     del data
+    if settings.binarize == "static":
+        train_x = static_binarized(train_x, "train")
+    if settings.binarize != "none":  # dynamic too: one fixed draw of the test set, so the test loss is repeatable
+        test_x = static_binarized(test_x, "test")
     fixed_z = torch.randn(64, run.config.latent_dim, generator=torch.Generator().manual_seed(0)).to(dev)
     net = distributed.wrap(run.model, world)
     parallel = distributed.describe(world, settings.batch_size, settings.lr)
@@ -250,15 +257,17 @@ def train_epoch(run: Run, epoch: int, x_all: torch.Tensor, on_batch: OnBatch | N
     over the batch before backward, as in pytorch/examples (Adam makes the scale immaterial).
     Under DDP (`net` wraps run.model) each rank computes its slice of every global batch."""
     model, optimizer = (run.model if net is None else net).train(), run.optimizer
-    beta, likelihood = run.config.beta, run.config.likelihood
+    beta, likelihood, sigma = run.config.beta, run.config.likelihood, run.config.sigma
     total = torch.zeros((), device=x_all.device)
     index = batches(len(x_all), run.settings.batch_size, run.shuffle_rng)
     noise = distributed.epoch_noise(run.noise_rng, world)
     seen = torch.zeros((), device=x_all.device)
     for i, idx in enumerate(index):
         x = x_all[distributed.rank_slice(idx, world).to(x_all.device)]
+        if run.settings.binarize == "dynamic":
+            x = bernoulli_draw(x, noise)
         logits, mu, logvar = model(x, noise)
-        recon, kl = elbo_terms(logits, x, mu, logvar, likelihood)
+        recon, kl = elbo_terms(logits, x, mu, logvar, likelihood, sigma)
         loss = recon + beta * kl
         optimizer.zero_grad(set_to_none=True)
         distributed.loss_for_backward(loss, world).backward()
@@ -285,7 +294,7 @@ def evaluate(model: VAE, x_all: torch.Tensor, batch_size: int = 2000, seed: int 
     recon_sum = kl_sum = 0.0
     for x in x_all.split(batch_size):
         logits, mu, logvar = model(x, rng)
-        recon, kl = elbo_terms(logits, x, mu, logvar, model.config.likelihood)
+        recon, kl = elbo_terms(logits, x, mu, logvar, model.config.likelihood, model.config.sigma)
         recon_sum, kl_sum = recon_sum + recon.item(), kl_sum + kl.item()
     n = len(x_all)
     loss = (recon_sum + model.config.beta * kl_sum) / n

@@ -26,6 +26,7 @@ class VAEConfig:
     latent_dim: int = 20
     likelihood: str = "bernoulli"                  # "bernoulli" (BCE) or "gaussian" (MSE)
     beta: float = 1.0                              # KL weight
+    sigma: float = 0.5 ** 0.5                      # gaussian: the fixed pixel std (sqrt(1/2): MSE sum = NLL + const)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -36,6 +37,8 @@ class VAEConfig:
             raise UsageError("latent_dim and every hidden/channel width must be >= 1")
         if not self.beta >= 0:
             raise UsageError(f"beta must be >= 0, got {self.beta}")
+        if not self.sigma > 0:
+            raise UsageError(f"sigma must be > 0, got {self.sigma}")
         c, h, w = self.image_shape
         if c not in (1, 3) or h < 1 or w < 1:
             raise UsageError(f"image_shape must be (1 or 3 channels, height, width), got {self.image_shape}")

@@ -102,16 +102,18 @@ class VAE(nn.Module):
 
 
 def elbo_terms(logits: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
-               likelihood: str) -> tuple[torch.Tensor, torch.Tensor]:
+               likelihood: str, sigma: float = 0.5 ** 0.5) -> tuple[torch.Tensor, torch.Tensor]:
     """Reconstruction and KL terms, each summed over the batch (divide by B for nats per image).
 
     bernoulli: binary cross-entropy of sigmoid(logits) against x, summed over pixels (pytorch/examples).
-    gaussian:  squared error of sigmoid(logits) against x, summed over pixels (the MSE tutorials).
+    gaussian:  squared error of sigmoid(logits) against x, summed over pixels, over 2 * sigma^2: the
+               Gaussian NLL without its constant (sigma = sqrt(1/2), the default, is the MSE tutorials' loss).
+               `vae_export.likelihood.log_likelihood` keeps the constant, for `vae-export evaluate`.
     KL(q(z|x) || N(0, I)) = -0.5 * sum(1 + logvar - mu^2 - exp(logvar))  (Kingma & Welling, App. B).
     """
     if likelihood == "bernoulli":
         recon = F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
     else:
-        recon = F.mse_loss(torch.sigmoid(logits), x, reduction="sum")
+        recon = F.mse_loss(torch.sigmoid(logits), x, reduction="sum") / (2 * sigma**2)
     kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
     return recon, kl

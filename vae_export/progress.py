@@ -43,12 +43,12 @@ class TrainProgress:
 
 
 class SampleProgress:
-    """A bar over the samples written."""
+    """A bar over the samples written (or the images evaluated)."""
 
-    def __init__(self, console: Console, total: int, disable: bool):
-        self.bar = Progress(BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console,
+    def __init__(self, console: Console, total: int, disable: bool, label: str = "sampling"):
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console,
                             disable=disable, transient=True)
-        self.task = self.bar.add_task("sampling", total=total)
+        self.task = self.bar.add_task(label, total=total)
 
     def __enter__(self):
         self.bar.__enter__()

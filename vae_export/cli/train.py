@@ -27,6 +27,12 @@ SEED_MAX = 2**63 - 2          # torch seeds are 64-bit; the noise generator take
 SIZE_MAX = 2**31 - 1          # torch indexes batches and slices with 32/64-bit integers
 
 
+class Binarize(str, Enum):
+    none = "none"
+    dynamic = "dynamic"
+    static = "static"
+
+
 @command
 @needs_train_extra
 def train(
@@ -37,6 +43,10 @@ def train(
     latent_dim: Annotated[Optional[int], typer.Option(min=1, max=2**16, help="Override the preset's latent size.")] = None,
     beta: Annotated[Optional[float], typer.Option(min=0.0, help="KL weight (1 = the ELBO).")] = None,
     likelihood: Annotated[Optional[Likelihood], typer.Option(help="Override the preset's likelihood.")] = None,
+    sigma: Annotated[Optional[float], typer.Option(help="Gaussian likelihood: the fixed pixel "
+                                    "std (> 0) [default: sqrt(1/2), i.e. summed squared error].")] = None,
+    binarize: Annotated[Optional[Binarize], typer.Option(show_default="none", help="Binary pixels for a normalized Bernoulli "
+                                                         "likelihood: a fresh draw every batch (dynamic) or one fixed draw (static).")] = None,
     dataset: Annotated[Optional[str], typer.Option(show_default="mnist", help="mnist, fashion-mnist, cifar10, cifar100 (torchvision, downloaded when "
                                                    "online), folder:PATH (images, recursively), npy:PATH or npz:PATH (an array "
                                                    "(N, H, W), (N, C, H, W) or (N, H, W, C), uint8 or float in [0, 1]).")] = None,
@@ -67,7 +77,7 @@ def train(
     from ..progress import TrainProgress
 
     saved = {"--preset": preset, "--batch-size": batch_size, "--lr": lr, "--latent-dim": latent_dim, "--beta": beta,
-             "--likelihood": likelihood, "--dataset": dataset, "--image-size": image_size, "--channels": channels,
+             "--likelihood": likelihood, "--sigma": sigma, "--binarize": binarize, "--dataset": dataset, "--image-size": image_size, "--channels": channels,
              "--test-fraction": test_fraction, "--skip-bad-files": skip_bad_files or None, "--conv-widths": conv_widths,
              "--seed": seed, "--patience": patience, "--limit": limit}
     if resume and any(v is not None for v in saved.values()):  # these come from the checkpoint: refuse, never drop
@@ -77,11 +87,12 @@ def train(
     widths = _sizes(conv_widths, ",", "--conv-widths", "32,64,128")
     if widths and PRESETS[preset_name].arch != "conv":
         raise typer.BadParameter(f"--conv-widths applies to conv presets, not {preset_name}")
-    config = make_config(preset_name, latent_dim=latent_dim, beta=beta,
+    config = make_config(preset_name, latent_dim=latent_dim, beta=beta, sigma=sigma,
                          likelihood=likelihood.value if likelihood else None,
                          channels=widths, strides=() if widths else None)
     given = {"batch_size": batch_size, "lr": lr, "seed": seed, "dataset": dataset, "test_fraction": test_fraction,
-             "image_size": _sizes(image_size, "x", "--image-size", "64x64", 2), "image_channels": channels}
+             "image_size": _sizes(image_size, "x", "--image-size", "64x64", 2), "image_channels": channels,
+             "binarize": binarize.value if binarize else None}
     settings = TrainSettings(epochs=epochs, patience=patience, limit=limit, skip_bad_files=skip_bad_files,
                              **{k: v for k, v in given.items() if v is not None})
     out_dir = check_writable(out_dir or Path("runs") / preset_name, folder=True)
