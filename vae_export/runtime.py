@@ -140,8 +140,8 @@ class Decoder(_Model):
     """latent_sample (B, latent_dim) -> sample (B, C, H, W) float32 in [0, 1], or uint8 0..255.
 
     `precision` picks the variant in the export folder (decoder.onnx, decoder.fp16.onnx,
-    decoder.int8.onnx); `path` may be that folder or any decoder file in it (without `precision`,
-    the file named, or the folder's decoder.onnx). Without `threads`,
+    decoder.int8.onnx); `path` may be that folder or any decoder file in it. Without `precision`,
+    the file named is used whatever its variant. Without `threads`,
     batches up to SMALL_BATCH run on a one-thread session and larger ones on one thread per core:
     a small decode is over before a second thread has woken up (no spinning: idle threads must not
     steal the caller's cores), while a large one splits its GEMMs across the cores.
@@ -248,11 +248,11 @@ class Decoder(_Model):
 def decoder_path(path: str | os.PathLike, precision: str | None = None) -> Path:
     """The file of `precision` in an export folder: `path` is the folder or any decoder file in it."""
     path = Path(path)
-    if precision is None and not path.is_dir():
-        return path                      # the file the caller names, whatever its variant
-    precision = precision or "fp32"
-    if precision not in PRECISIONS:
+    if precision not in (None, *PRECISIONS):
         raise UsageError(f"unknown precision {precision!r}; expected {', '.join(PRECISIONS)}")
+    precision = precision or "fp32"
+    if precision == "fp32" and not path.is_dir():
+        return path                      # the file the caller names (Decoder checks its variant)
     folder = path if path.is_dir() else path.parent
     name = "decoder.onnx" if precision == "fp32" else f"decoder.{precision}.onnx"
     if not (folder / name).is_file():

@@ -12,6 +12,12 @@ from ..errors import VaeExportError
 from .common import SHIPPED, Device, Quiet, command, err, out, shipped
 
 
+class Precision(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    int8 = "int8"
+
+
 class OutDtype(str, Enum):
     float32 = "float32"
     uint8 = "uint8"
@@ -26,6 +32,7 @@ def sample(
     seed: Annotated[int, typer.Option(help="Same seed, same samples, on every provider and batch size.")] = 0,
     provider: Annotated[Device, typer.Option(help="cuda fails clearly if CUDA cannot really run; auto falls back.")] = Device.cpu,
     dtype: Annotated[OutDtype, typer.Option(help="For .npy: float32 in [0, 1], or uint8 in 0..255.")] = OutDtype.float32,
+    precision: Annotated[Precision, typer.Option(help="Decoder variant in the --model folder: decoder.onnx, decoder.fp16.onnx or decoder.int8.onnx (int8: fastest on CPUs with VNNI/AMX).")] = Precision.fp32,
     interpolate: Annotated[Optional[tuple[int, int]], typer.Option(help="Decode -n steps between the latents of two seeds.")] = None,
     manifold: Annotated[bool, typer.Option(help="Decode the 30x30 quantile grid of a 2-D latent model.")] = False,
     quiet: Quiet = False,
@@ -36,7 +43,7 @@ def sample(
     from ..runtime import Decoder
 
     sampling.check_out_path(out_path)
-    decoder = Decoder(shipped(model, "decoder.onnx"), provider=provider.value)
+    decoder = Decoder(shipped(model, "decoder.onnx"), provider=provider.value, precision=precision.value)
     if interpolate or manifold:
         z = sampling.manifold(decoder) if manifold else sampling.interpolation_latents(decoder, interpolate, n)
         sampling.decode_to_file(decoder, z, out_path, dtype.value, nrow=30 if manifold else n)
@@ -45,7 +52,8 @@ def sample(
     with SampleProgress(err, n, disable=quiet or n < 100_000) as progress:
         stats = sampling.sample_to_file(decoder, out_path, n, seed=seed, batch_size=batch_size, dtype=dtype.value,
                                         on_batch=progress.advance)
-    out.print(f"{out_path}: {n} samples, provider {stats.provider}, {stats.seconds:.2f} s, {stats.per_second:,.0f} samples/s")
+    out.print(f"{out_path}: {n} samples, provider {stats.provider}, {decoder.precision}, {stats.seconds:.2f} s, "
+              f"{stats.per_second:,.0f} samples/s")
 
 
 Images = Annotated[list[Path], typer.Argument(help="Images: .npy arrays (N, 28, 28) or (N, 1, 28, 28), float in [0, 1] or uint8; or 28x28 grayscale .png files.")]
