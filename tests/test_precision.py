@@ -100,3 +100,24 @@ def test_sample_cli_precision(variants, tmp_path):
     assert "int8" in result.stdout and np.load(tmp_path / "s.npy").dtype == np.uint8
     result = runner.invoke(app, ["sample", "--model", str(folder), "--precision", "int4", "--out", str(tmp_path / "x.npy")])
     assert result.exit_code == 2
+
+
+def test_bf16_training_keeps_float32_state_and_reaches_fp32_loss(mnist_root, tmp_path):
+    import torch
+
+    from training.train import TrainSettings, train
+    from vae_export.checkpoint import load_checkpoint
+    from vae_export.config import make_config
+
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        settings = TrainSettings(epochs=1, limit=500, seed=0, precision=precision)
+        losses[precision] = train(make_config("mlp"), settings, tmp_path / precision, data_dir=mnist_root)[-1]["test_loss"]
+    state = load_checkpoint(tmp_path / "bf16" / "checkpoint.pt")
+    assert state["settings"]["precision"] == "bf16"   # --resume continues in bf16
+    assert all(t.dtype == torch.float32 for t in state["model"].values())
+    assert all(v.dtype == torch.float32 for s in state["optimizer"]["state"].values() for v in s.values()
+               if torch.is_tensor(v) and v.numel() > 1)
+    assert losses["bf16"] != losses["fp32"] and abs(losses["bf16"] - losses["fp32"]) < 5
+    with pytest.raises(UsageError, match="precision"):
+        TrainSettings(precision="fp8")

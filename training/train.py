@@ -26,6 +26,7 @@ from . import plots
 from .data import batches, load_images, resolve_data_dir, to_float
 
 CHECKPOINT = "checkpoint.pt"
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -38,8 +39,11 @@ class TrainSettings:
     patience: int | None = None       # stop after this many epochs without a better test loss
     limit: int | None = None          # use only the first N images of each split (quick runs)
     eval_batch_size: int = 2000
+    precision: str = "fp32"           # "bf16": autocast forward; loss, KL, weights and Adam state stay float32
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if getattr(self, name) <= 0:
                 raise UsageError(f"{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
@@ -180,10 +184,14 @@ def train_epoch(run: Run, epoch: int, x_all: torch.Tensor, on_batch: OnBatch | N
     total = torch.zeros((), device=x_all.device)
     index = batches(len(x_all), run.settings.batch_size, run.shuffle_rng)
     seen = 0
+    # bf16: oneDNN (AMX) and tensor cores run the GEMMs and convolutions in bfloat16; the ELBO is
+    # computed in float32 from float32 copies of the outputs
+    autocast = torch.autocast(x_all.device.type, torch.bfloat16, enabled=run.settings.precision == "bf16")
     for i, idx in enumerate(index):
         x = x_all[idx.to(x_all.device)]
-        logits, mu, logvar = model(x, run.noise_rng)
-        recon, kl = elbo_terms(logits, x, mu, logvar, likelihood)
+        with autocast:
+            logits, mu, logvar = model(x, run.noise_rng)
+        recon, kl = elbo_terms(logits.float(), x, mu.float(), logvar.float(), likelihood)
         loss = recon + beta * kl
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -20,6 +20,11 @@ class Dataset(str, Enum):
     fashion_mnist = "fashion-mnist"
 
 
+class TrainPrecision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
 class Likelihood(str, Enum):
     bernoulli = "bernoulli"
     gaussian = "gaussian"
@@ -40,6 +45,7 @@ def train(
     seed: Annotated[int, typer.Option()] = 1,
     patience: Annotated[Optional[int], typer.Option(min=1, help="Stop after N epochs without a better test loss.")] = None,
     limit: Annotated[Optional[int], typer.Option(min=1, help="Use only the first N images of each split.")] = None,
+    precision: Annotated[TrainPrecision, typer.Option(help="bf16: autocast forward (AMX CPUs, GPUs); loss and weights stay float32.")] = TrainPrecision.fp32,
     out_dir: Annotated[Path, typer.Option("--out", help="Run folder [default: runs/PRESET].")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its checkpoint.")] = False,
     quiet: Quiet = False,
@@ -53,7 +59,7 @@ def train(
     config = make_config(preset.value, latent_dim=latent_dim, beta=beta,
                          likelihood=likelihood.value if likelihood else None)
     settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, dataset=dataset.value,
-                             patience=patience, limit=limit)
+                             patience=patience, limit=limit, precision=precision.value)
     out_dir = out_dir or Path("runs") / preset.value
     progress = TrainProgress(err, epochs, quiet)
     with progress:
