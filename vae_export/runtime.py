@@ -156,10 +156,11 @@ class Decoder(_Model):
         if precision not in (None, self.precision):
             raise ArtifactError(f"{self.path} holds the {self.precision!r} variant, not {precision!r}")
         self.threads = threads
+        self._latent_shape = (self.latent_dim,)     # per-call work is what batch-1 latency is made of
         self._model = _read_model(self.path)
         self._sessions = {(self._threads_of(self.session), False): self.session}  # (threads, uint8) -> session
-        self._bound: dict[tuple, tuple] = {}        # (batch, dtype) -> (session, binding, input, output buffer)
-        self._lock = threading.RLock()
+        self._bound: dict[tuple, tuple] = {}        # (batch, dtype) -> (session, binding, input, output, lock)
+        self._lock = threading.Lock()
 
     @property
     def latent_dim(self) -> int:
@@ -171,7 +172,7 @@ class Decoder(_Model):
         straight into it: no per-batch allocation."""
         if dtype not in OUTPUT_DTYPES:
             raise UsageError(f"dtype must be one of {', '.join(OUTPUT_DTYPES)}, got {dtype!r}")
-        z = self._validated(z, (self.latent_dim,), "latents")
+        z = self._validated(z, self._latent_shape, "latents")
         return self._run(z, out, dtype)
 
     def session_for(self, batch: int, dtype: str = "float32") -> ort.InferenceSession:
@@ -220,15 +221,14 @@ class Decoder(_Model):
         key = (len(z), dtype)
         if key not in self._bound:
             session = self.session_for(len(z), dtype)
-            with self._lock:
-                zin = np.empty(z.shape, np.float32)
-                img = np.empty((len(z), *self.image_shape), OUTPUT_DTYPES[dtype])
-                binding = session.io_binding()
-                binding.bind_cpu_input("latent_sample", zin)
-                binding.bind_output(_output_name(dtype), "cpu", 0, img.dtype, list(img.shape), img.ctypes.data)
-                self._bound[key] = (session, binding, zin, img)
-        session, binding, zin, img = self._bound[key]
-        with self._lock:
+            zin = np.empty(z.shape, np.float32)
+            img = np.empty((len(z), *self.image_shape), OUTPUT_DTYPES[dtype])
+            binding = session.io_binding()
+            binding.bind_cpu_input("latent_sample", zin)
+            binding.bind_output(_output_name(dtype), "cpu", 0, img.dtype, list(img.shape), img.ctypes.data)
+            self._bound.setdefault(key, (session, binding, zin, img, threading.Lock()))
+        session, binding, zin, img, lock = self._bound[key]
+        with lock:
             np.copyto(zin, z)
             session.run_with_iobinding(binding)
             return img.copy()
