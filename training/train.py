@@ -26,7 +26,7 @@ from . import plots
 from .data import batches, load_images, resolve_data_dir, to_float
 
 CHECKPOINT = "checkpoint.pt"
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")   # auto: bf16 on CUDA, fp32 on CPU (see docs/benchmarks.md)
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class TrainSettings:
     patience: int | None = None       # stop after this many epochs without a better test loss
     limit: int | None = None          # use only the first N images of each split (quick runs)
     eval_batch_size: int = 2000
-    precision: str = "fp32"           # "bf16": autocast forward; loss, KL, weights and Adam state stay float32
+    precision: str = "fp32"           # bf16: autocast forward; loss, KL, weights and Adam state stay float32
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -63,6 +63,10 @@ def pick_device(name: str = "auto") -> torch.device:
     if name not in ("cpu", "cuda"):
         raise UsageError(f"unknown device {name!r}; expected auto, cpu or cuda")
     return torch.device(name)
+
+
+def uses_bf16(precision: str, dev: torch.device) -> bool:
+    return precision == "bf16" or (precision == "auto" and dev.type == "cuda")
 
 
 class BatchProgress(NamedTuple):
@@ -138,6 +142,8 @@ def train(config: VAEConfig, settings: TrainSettings, out: str | Path, *, data_d
     torch.set_flush_denormal(True)
     out = writable_dir(out)
     dev = pick_device(device)
+    if dev.type == "cuda":  # TF32 tensor cores for the float32 matmuls (bf16 autocast covers the rest)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     if resume:
         run = Run.resume(load_checkpoint(out / CHECKPOINT), settings.epochs, dev)
     elif (out / CHECKPOINT).exists():
@@ -186,7 +192,7 @@ def train_epoch(run: Run, epoch: int, x_all: torch.Tensor, on_batch: OnBatch | N
     seen = 0
     # bf16: oneDNN (AMX) and tensor cores run the GEMMs and convolutions in bfloat16; the ELBO is
     # computed in float32 from float32 copies of the outputs
-    autocast = torch.autocast(x_all.device.type, torch.bfloat16, enabled=run.settings.precision == "bf16")
+    autocast = torch.autocast(x_all.device.type, torch.bfloat16, enabled=uses_bf16(run.settings.precision, x_all.device))
     for i, idx in enumerate(index):
         x = x_all[idx.to(x_all.device)]
         with autocast:

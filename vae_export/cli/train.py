@@ -21,6 +21,7 @@ class Dataset(str, Enum):
 
 
 class TrainPrecision(str, Enum):
+    auto = "auto"
     fp32 = "fp32"
     bf16 = "bf16"
 
@@ -45,7 +46,7 @@ def train(
     seed: Annotated[int, typer.Option()] = 1,
     patience: Annotated[Optional[int], typer.Option(min=1, help="Stop after N epochs without a better test loss.")] = None,
     limit: Annotated[Optional[int], typer.Option(min=1, help="Use only the first N images of each split.")] = None,
-    precision: Annotated[TrainPrecision, typer.Option(help="bf16: autocast forward (AMX CPUs, GPUs); loss and weights stay float32.")] = TrainPrecision.fp32,
+    precision: Annotated[TrainPrecision, typer.Option(help="bf16: autocast forward; loss and weights stay float32. auto: bf16 on CUDA, fp32 on CPU.")] = TrainPrecision.auto,
     out_dir: Annotated[Path, typer.Option("--out", help="Run folder [default: runs/PRESET].")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its checkpoint.")] = False,
     quiet: Quiet = False,
