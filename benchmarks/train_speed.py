@@ -2,7 +2,11 @@
 both run end to end as fresh processes on the same machine and data.
 
     python benchmarks/train_speed.py                         # mlp, 10 epochs, ours and the reference
-    python benchmarks/train_speed.py --preset conv --no-reference
+    python benchmarks/train_speed.py --preset conv --no-reference --precision fp32,bf16
+    python benchmarks/train_speed.py --preset conv --epochs 3 --limit 20000 --precision fp32,bf16 --no-reference
+
+With several precisions, each is a separate `vae-export train` run on the same seed and data, so the
+train images/s and the final test loss of fp32 and bf16 compare like for like.
 """
 
 from __future__ import annotations
@@ -36,20 +40,26 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-reference", action="store_true", help="skip pytorch/examples (mlp only)")
+    p.add_argument("--precision", default="fp32", help="comma-separated: fp32, bf16")
+    p.add_argument("--limit", type=int, default=None, help="first N images of each split (quick runs)")
     args = p.parse_args()
     data = os.environ.get("VAE_EXPORT_DATA", str(REPO.parent / "shared" / "data"))
     bin_dir = Path(sys.executable).parent
 
+    limit = ["--limit", str(args.limit)] if args.limit else []
     with tempfile.TemporaryDirectory() as tmp:
-        ours_s, _ = timed([str(bin_dir / "vae-export"), "train", "--preset", args.preset, "--epochs", str(args.epochs),
-                           "--seed", str(args.seed), "--device", args.device, "--data-dir", data,
-                           "--out", f"{tmp}/ours", "--quiet"])
-        metrics = [json.loads(line) for line in open(f"{tmp}/ours/metrics.jsonl")]
-        per_epoch = sum(m["seconds"] for m in metrics) / len(metrics)
-        print(f"vae-export train --preset {args.preset} --epochs {args.epochs}: wall {ours_s:.1f} s, "
-              f"{per_epoch:.2f} s/epoch (train+test), test loss {metrics[-1]['test_loss']:.2f} nats/image, "
-              f"device {metrics[-1]['device']}")
-        if args.no_reference or args.preset != "mlp":
+        for precision in args.precision.split(","):
+            ours_s, _ = timed([str(bin_dir / "vae-export"), "train", "--preset", args.preset, "--epochs",
+                               str(args.epochs), "--seed", str(args.seed), "--device", args.device, "--data-dir", data,
+                               "--precision", precision, *limit, "--out", f"{tmp}/{precision}", "--quiet"])
+            metrics = [json.loads(line) for line in open(f"{tmp}/{precision}/metrics.jsonl")]
+            per_epoch = sum(m["seconds"] for m in metrics) / len(metrics)
+            rate = sorted(m["train_samples_per_s"] for m in metrics)[len(metrics) // 2]
+            print(f"vae-export train --preset {args.preset} --epochs {args.epochs} --precision {precision}"
+                  f"{' --limit ' + str(args.limit) if args.limit else ''}: wall {ours_s:.1f} s, {per_epoch:.2f} s/epoch "
+                  f"(train+test), {rate:,.0f} train images/s (median epoch), test loss "
+                  f"{metrics[-1]['test_loss']:.2f} nats/image, device {metrics[-1]['device']}")
+        if args.no_reference or args.preset != "mlp" or args.limit:
             return
         ref_s, log = timed([sys.executable, "benchmarks/reference_vae_main.py", "--epochs", str(args.epochs),
                             "--seed", str(args.seed), "--data-dir", data, "--out", f"{tmp}/ref"])

@@ -13,13 +13,14 @@ import torch
 from rich.console import Console
 
 from vae_export import runtime
-from vae_export.bench import TOLERANCES, run_bench
+from vae_export.bench import CPU_FEATURES, TOLERANCES, run_bench
 from vae_export.bench_report import plot_report, print_report
 from vae_export.config import PRESETS
 from vae_export.errors import UsageError
 
 BATCHES = (1, 70)      # a latency-bound and a throughput-bound batch
 CPU_BACKENDS = ["eager", "torchscript", "onnxruntime-cpu", "onnxruntime-cpu-session"]
+REDUCED = ["eager-bf16", "onnxruntime-cpu-fp16", "onnxruntime-cpu-int8"]     # decoder only
 CUDA_BACKENDS = {"eager-cuda", "onnxruntime-cuda", "onnxruntime-cuda-iobinding"}
 
 
@@ -33,7 +34,7 @@ def test_report_is_plain_json_describing_the_machine(report):
     assert {"checkpoint", "preset", "latent_dim", "machine", "threads", "settings",
             "decode", "encode", "train"} <= set(report)
     m = report["machine"]
-    assert m["cpu"] and m["usable_cpus"] >= 1 and m["torch"] == torch.__version__ and m["onnxruntime"]
+    assert m["cpu"] and set(m["cpu_features"]) <= set(CPU_FEATURES) and m["usable_cpus"] >= 1 and m["torch"] == torch.__version__ and m["onnxruntime"]
     assert report["threads"]["torch"] == torch.get_num_threads()
     assert report["threads"]["onnxruntime"] == runtime.physical_cores()
     assert report["settings"]["batch_sizes"] == list(BATCHES) and report["settings"]["repeats"] == 2
@@ -43,7 +44,8 @@ def test_report_is_plain_json_describing_the_machine(report):
 @pytest.mark.parametrize("key", ["decode", "encode"])
 def test_every_backend_agrees_with_eager_before_it_is_timed(report, key):
     rows = report[key]["rows"]
-    assert [(r["backend"], r["batch_size"]) for r in rows] == [(b, n) for b in CPU_BACKENDS for n in BATCHES]
+    backends = CPU_BACKENDS + (REDUCED if key == "decode" else [])
+    assert [(r["backend"], r["batch_size"]) for r in rows] == [(b, n) for b in backends for n in BATCHES]
     for r in rows:
         assert r["status"] == "ok", r
         assert r["tolerance"] == TOLERANCES[r["backend"]]
@@ -56,7 +58,7 @@ def test_every_backend_agrees_with_eager_before_it_is_timed(report, key):
 
 def test_thread_counts_are_those_used(report):
     threads = {(r["backend"], r["batch_size"]): r["threads"] for r in report["decode"]["rows"]}
-    assert threads["onnxruntime-cpu", 1] == runtime.physical_cores()
+    assert threads["onnxruntime-cpu", 1] == threads["onnxruntime-cpu-int8", 1] == 1   # <= runtime.SMALL_BATCH
     assert threads["onnxruntime-cpu", 70] == runtime.physical_cores()
     assert threads["eager", 70] == torch.get_num_threads()
 
@@ -95,7 +97,8 @@ def test_tables_and_plot(report, tmp_path):
     console = Console(record=True, width=200)
     print_report(report, console)
     text = console.export_text()
-    for title in ("decode (latents -> images)", "encode (images -> (mu, logvar))", "train:", *CPU_BACKENDS, "mlp-deep"):
+    for title in ("decode (latents -> images)", "encode (images -> (mu, logvar))", "train:", *CPU_BACKENDS, *REDUCED,
+                  "matrix features", "mlp-deep"):
         assert title in text
     plot_report(report, tmp_path / "bench.png")
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

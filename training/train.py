@@ -29,6 +29,7 @@ from . import distributed, plots
 from .data import Data, batches, load_from_settings, parse_dataset, resolve_data_dir, to_float
 
 CHECKPOINT = "checkpoint.pt"
+PRECISIONS = ("auto", "fp32", "bf16")   # auto: bf16 on CUDA, fp32 on CPU (see docs/benchmarks.md)
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,11 @@ class TrainSettings:
     limit: int | None = None          # use only the first N images of each split (quick runs)
     eval_batch_size: int = 2000
     binarize: str = "none"            # "dynamic" | "static": binary pixels for a normalized Bernoulli likelihood
+    precision: str = "fp32"           # bf16: autocast forward; loss, KL, weights and Adam state stay float32
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if getattr(self, name) <= 0:
                 raise UsageError(f"{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
@@ -74,6 +78,10 @@ def pick_device(name: str = "auto") -> torch.device:
     if name not in ("cpu", "cuda"):
         raise UsageError(f"unknown device {name!r}; expected auto, cpu or cuda")
     return torch.device(name)
+
+
+def uses_bf16(precision: str, dev: torch.device) -> bool:
+    return precision == "bf16" or (precision == "auto" and dev.type == "cuda")
 
 
 class BatchProgress(NamedTuple):
@@ -196,6 +204,8 @@ def _train_locked(config: VAEConfig, settings: TrainSettings, out: Path, world: 
         run = Run.start(dataclasses.replace(config, image_shape=data.image_shape), settings, dev)
         run.data = {"description": data.description, "split": data.split}
     settings = run.settings
+    if dev.type == "cuda" and settings.precision != "fp32":  # TF32 tensor cores for the float32 matmuls
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     check_binarize(settings.binarize, run.config.likelihood)
     if on_data:
         on_data(data.description)
@@ -262,12 +272,16 @@ def train_epoch(run: Run, epoch: int, x_all: torch.Tensor, on_batch: OnBatch | N
     index = batches(len(x_all), run.settings.batch_size, run.shuffle_rng)
     noise = distributed.epoch_noise(run.noise_rng, world)
     seen = torch.zeros((), device=x_all.device)
+    # bf16: oneDNN (AMX) and tensor cores run the GEMMs and convolutions in bfloat16; the ELBO is
+    # computed in float32 from float32 copies of the outputs
+    autocast = torch.autocast(x_all.device.type, torch.bfloat16, enabled=uses_bf16(run.settings.precision, x_all.device))
     for i, idx in enumerate(index):
         x = x_all[distributed.rank_slice(idx, world).to(x_all.device)]
         if run.settings.binarize == "dynamic":
             x = bernoulli_draw(x, noise)
-        logits, mu, logvar = model(x, noise)
-        recon, kl = elbo_terms(logits, x, mu, logvar, likelihood, sigma)
+        with autocast:
+            logits, mu, logvar = model(x, noise)
+        recon, kl = elbo_terms(logits.float(), x, mu.float(), logvar.float(), likelihood, sigma)
         loss = recon + beta * kl
         optimizer.zero_grad(set_to_none=True)
         distributed.loss_for_backward(loss, world).backward()

@@ -4,9 +4,12 @@ a fast wrong answer is worthless, so a backend outside its tolerance is reported
 
     vae-export bench runs/mlp/checkpoint.pt --batch-sizes 1,64,1024,8192 --out bench.json --plot bench.png
 
+The decoder is also timed in reduced precision: eager bf16 autocast and the ONNX fp16 and int8 variants
+(exported here, int8 calibrated on training images), each checked against eager fp32 within its bound.
+
 The report (`run_bench`'s return value, plain JSON types):
   checkpoint, preset, latent_dim
-  machine    cpu (/proc/cpuinfo), logical_cpus, usable_cpus, gpu (or null), python, platform, torch, onnxruntime,
+  machine    cpu (/proc/cpuinfo), cpu_features (its int8/bf16 matrix units), logical_cpus, usable_cpus, gpu (or null), python, platform, torch, onnxruntime,
              numpy, onnxruntime_providers, load_average_start/_end (1-minute load: how busy the machine was)
   threads    torch, torch_interop, onnxruntime (intra-op threads of the runtime's session)
   settings   batch_sizes, repeats, warmup, providers, compile, train_steps, inputs (what was fed)
@@ -40,9 +43,9 @@ from . import runtime
 from .checkpoint import load_model
 from .config import PRESETS, VAEConfig
 from .errors import UsageError, first_line
-from .export import SPECS, export_onnx, export_torchscript
+from .export import SPECS, calibration_latents, export_decoder_variants, export_onnx, export_torchscript
 from .model import VAE
-from .parity import exact_fp32
+from .parity import VARIANT_TOLERANCES, exact_fp32
 
 WARMUP = 3            # untimed calls per (backend, batch size), after the first call that is checked
 TRAIN_BATCH = 128     # training.train's default
@@ -50,9 +53,13 @@ TRAIN_BLOCKS = 5      # timed blocks of `train_steps` steps, after one untimed w
 # Elementwise |backend - eager| <= tolerance * max(1, |eager|): absolute on the decoder's [0, 1] pixels,
 # relative on the encoder's unbounded logvar. The same kernels: 1e-6; other summation orders: 1e-5;
 # the GPU (TF32 off): 1e-4.
+# Reduced precision (decoder only): parity's stated bounds for the ONNX variants; eager bf16 autocast
+# measured max 1.2e-2, mean 3e-4 on the mlp decoder, bounded at 0.05.
 TOLERANCES = {"eager": 1e-6, "torchscript": 1e-6, "torch.compile": 1e-5, "onnxruntime-cpu": 1e-5,
               "onnxruntime-cpu-session": 1e-5, "eager-cuda": 1e-4, "onnxruntime-cuda": 1e-4,
-              "onnxruntime-cuda-iobinding": 1e-4}
+              "onnxruntime-cuda-iobinding": 1e-4, "eager-bf16": 5e-2,
+              **{f"onnxruntime-cpu-{v}": bound for v, (bound, _) in VARIANT_TOLERANCES.items()}}
+CPU_FEATURES = ("avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16", "amx_bf16")  # int8/bf16 units
 ROLES = {"decode": "decoder", "encode": "encoder"}
 Call = Callable[[], Any]
 
@@ -95,6 +102,9 @@ def run_bench(checkpoint: Path, batch_sizes: Sequence[int] = (1, 64, 1024, 8192)
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
         export_onnx(model, state, "bench", tmp)
         export_torchscript(model, state, "bench", tmp)
+        train_images, _ = _images(state.get("settings", {}).get("dataset", "mnist"), True, 1000, data_dir,
+                                  model.config.image_shape)
+        export_decoder_variants(tmp, fp16=True, int8=True, latents=calibration_latents(model, train_images))
         for key, role in ROLES.items():
             backends, skipped = _backends(model, role, Path(tmp), providers, compile)
             eager = SPECS[role].module(model)
@@ -110,11 +120,22 @@ def run_bench(checkpoint: Path, batch_sizes: Sequence[int] = (1, 64, 1024, 8192)
 
 
 def machine() -> dict[str, Any]:
-    return {"cpu": _cpu_model(), "logical_cpus": os.cpu_count(), "usable_cpus": runtime.physical_cores(),
+    return {"cpu": _cpu_model(), "cpu_features": cpu_features(), "logical_cpus": os.cpu_count(),
+            "usable_cpus": runtime.physical_cores(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "python": sys.version.split()[0], "platform": platform.platform(), "torch": torch.__version__,
             "onnxruntime": ort.__version__, "numpy": np.__version__,
             "onnxruntime_providers": ort.get_available_providers()}
+
+
+def cpu_features() -> list[str]:
+    """The CPU's int8 and bf16 matrix features (Linux /proc/cpuinfo flags; [] elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next(line.split(":", 1)[1].split() for line in f if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return []
+    return [name for name in CPU_FEATURES if name in flags]
 
 
 def _cpu_model() -> str:
@@ -142,6 +163,12 @@ def _backends(model: VAE, role: str, folder: Path, providers: Sequence[str],
                 torch.compile(eager, dynamic=True), "cpu"), torch_threads)
         makers["onnxruntime-cpu"] = lambda: _runtime_backend("onnxruntime-cpu", net(onnx, "cpu"), role)
         makers["onnxruntime-cpu-session"] = lambda: _session_backend(onnx)
+        if role == "decoder":  # the reduced-precision paths, each checked against eager fp32 like the rest
+            makers["eager-bf16"] = lambda: Backend("eager-bf16", "cpu", _torch_call(eager, "cpu", torch.bfloat16),
+                                                   torch_threads)
+            for v in VARIANT_TOLERANCES:
+                makers[f"onnxruntime-cpu-{v}"] = lambda v=v: _runtime_backend(
+                    f"onnxruntime-cpu-{v}", runtime.Decoder(folder, "cpu", precision=v), role)
     if "cuda" in providers:
         makers["eager-cuda"] = lambda: Backend("eager-cuda", "cuda", _torch_call(
             copy.deepcopy(eager).to("cuda"), "cuda"), lambda b: None)
@@ -156,12 +183,12 @@ def _backends(model: VAE, role: str, folder: Path, providers: Sequence[str],
     return backends, skipped
 
 
-def _torch_call(module: Callable, device: str) -> Callable[[np.ndarray], Call]:
+def _torch_call(module: Callable, device: str, autocast: torch.dtype | None = None) -> Callable[[np.ndarray], Call]:
     def prepare(x: np.ndarray) -> Call:
         t = torch.from_numpy(x).to(device)  # on the device before timing starts
 
         def call():
-            with torch.inference_mode():
+            with torch.inference_mode(), torch.autocast(device, autocast or torch.bfloat16, enabled=bool(autocast)):
                 y = module(t)
             if device == "cuda":
                 torch.cuda.synchronize()
@@ -173,10 +200,10 @@ def _torch_call(module: Callable, device: str) -> Callable[[np.ndarray], Call]:
 def _runtime_backend(name: str, net: runtime.Decoder | runtime.Encoder, role: str) -> Backend:
     """vae_export.runtime as applications use it: numpy in and out, input checks included."""
     run = net.decode if role == "decoder" else net.encode
-    threads = net.session.get_session_options().intra_op_num_threads
     on_cpu = net.provider == runtime.PROVIDERS["cpu"]
+    session = net.session_for if role == "decoder" else (lambda b: net.session)  # the decoder picks by batch size
     return Backend(name, "cpu" if on_cpu else "cuda", lambda x: lambda: run(x),
-                   lambda b: threads if on_cpu else None)
+                   lambda b: session(b).get_session_options().intra_op_num_threads if on_cpu else None)
 
 
 def _session_backend(path: Path) -> Backend:
@@ -236,7 +263,7 @@ def _arrays(out: Any) -> list[np.ndarray]:
     if isinstance(out, (list, tuple)):
         return [a for o in out for a in _arrays(o)]
     if isinstance(out, torch.Tensor):
-        return [out.detach().cpu().numpy()]
+        return [out.detach().float().cpu().numpy()]  # float(): numpy has no bfloat16
     if hasattr(out, "copy_outputs_to_cpu"):  # an onnxruntime IO binding
         return list(out.copy_outputs_to_cpu())
     return [np.asarray(out)]

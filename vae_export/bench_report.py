@@ -16,7 +16,8 @@ from .files import atomic_path
 def print_report(report: dict[str, Any], console: Console) -> None:
     """The report as rich tables (decode, encode, train), each followed by what was skipped and why."""
     m, t, s = report["machine"], report["threads"], report["settings"]
-    console.print(f"{report['preset']} checkpoint {report['checkpoint']}\n{m['cpu']}, {m['usable_cpus']} of "
+    console.print(f"{report['preset']} checkpoint {report['checkpoint']}\n{m['cpu']} (matrix features: "
+                  f"{', '.join(m['cpu_features']) or 'none'}), {m['usable_cpus']} of "
                   f"{m['logical_cpus']} CPUs usable, GPU: {m['gpu'] or 'none'}, load average "
                   f"{m['load_average_start']:.2f} -> {m['load_average_end']:.2f}\ntorch {m['torch']} "
                   f"({t['torch']} threads), onnxruntime {m['onnxruntime']} ({t['onnxruntime']} threads)", markup=False)

@@ -8,15 +8,18 @@ torch.export-based exporter) and TorchScript; every file is self-describing and 
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import logging
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import onnx
 import torch
 from torch import nn
@@ -195,41 +198,102 @@ def write_manifest(out_dir: str | Path) -> Path:
     return out_dir / "manifest.json"
 
 
-def export_decoder_variants(out_dir: str | Path, fp16: bool = False, int8: bool = False) -> list[Written]:
-    """Reduced-precision copies of decoder.onnx with float32 I/O: `fp16` (weights and math in half,
-    casts at the edges) and `int8` (onnxruntime dynamic quantization of the weights). Their error
-    against float32 is measured by parity, never assumed."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
+def export_decoder_variants(out_dir: str | Path, fp16: bool = False, int8: bool = False,
+                            latents: np.ndarray | None = None, model: VAE | None = None,
+                            test_images: np.ndarray | None = None) -> list[Written]:
+    """Reduced-precision copies of decoder.onnx with float32 I/O, each recording in its metadata its
+    pixel error against decoder.onnx on `latents` (real ones: see `calibration_latents`) and, given
+    the `model` and `test_images`, its test-loss cost in nats/image (quality.py):
+    - fp16: weights and math in half, casts at the edges (the GPU's reduced path; slow on most CPUs);
+    - int8: static QDQ quantization, int8 weights per output channel, uint8 activations with ranges
+      calibrated on `latents`. Static, not dynamic: dynamic quantization takes each batch's own
+      activation range, so a sample would change with the batch it was decoded in; it measured no
+      faster here.
+    """
     out_dir = Path(out_dir)
     base = artifact_path(out_dir, "decoder", "onnx")
-    meta = {p.key: json.loads(p.value) for p in onnx.load(str(base)).metadata_props}
+    plain = onnx.load(str(base))
+    meta = {p.key: json.loads(p.value) for p in plain.metadata_props}
+    if latents is None:
+        latents = np.random.default_rng(0).standard_normal((2000, meta["latent_dim"]), dtype=np.float32)
     written = []
-    if fp16:
+    for variant, make in (("fp16", _fp16_proto), ("int8", _int8_proto)):
+        if not {"fp16": fp16, "int8": int8}[variant]:
+            continue
         t0 = time.perf_counter()
-        proto = convert_float_to_float16(onnx.load(str(base)), keep_io_types=True)
-        # the converter appends its input casts after their consumers: restore topological order
-        inputs = {i.name for i in proto.graph.input}
-        nodes = sorted(proto.graph.node, key=lambda n: not (n.op_type == "Cast" and n.input[0] in inputs))
-        del proto.graph.node[:]
-        proto.graph.node.extend(nodes)
-        set_metadata(proto, {**meta, "variant": "fp16"})
-        onnx.checker.check_model(proto, full_check=True)
-        save_onnx(proto, artifact_path(out_dir, "decoder", "onnx", "fp16"))
-        written.append(Written(artifact_path(out_dir, "decoder", "onnx", "fp16"), time.perf_counter() - t0))
-    if int8:
-        t0 = time.perf_counter()
-        import tempfile
+        proto = make(plain, latents, out_dir)
+        error = _error_vs(base, proto, latents)
+        set_metadata(proto, {**meta, "variant": variant, "error_vs_fp32": error})
+        path = artifact_path(out_dir, "decoder", "onnx", variant)
+        save_onnx(proto, path)
+        if model is not None and test_images is not None:
+            from .quality import variant_costs
 
-        with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
-            plain = onnx.load(str(base))
-            del plain.graph.value_info[:]  # the quantizer rewrites Gemms and then trips on stale shapes
-            onnx.save(plain, f"{tmp}/plain.onnx")
-            with _quiet_exporter(), _root_logging(logging.ERROR):  # its advice to pre-process is for CNNs
-                quantize_dynamic(f"{tmp}/plain.onnx", f"{tmp}/q.onnx", weight_type=QuantType.QInt8)
-            proto = onnx.load(f"{tmp}/q.onnx")
-        set_metadata(proto, {**meta, "variant": "int8"})
-        save_onnx(proto, artifact_path(out_dir, "decoder", "onnx", "int8"))
-        written.append(Written(artifact_path(out_dir, "decoder", "onnx", "int8"), time.perf_counter() - t0))
+            error["test_loss_cost_nats"] = variant_costs(model, out_dir, test_images, [variant])[variant]
+            set_metadata(proto, {**meta, "variant": variant, "error_vs_fp32": error})
+            save_onnx(proto, path)
+        written.append(Written(path, time.perf_counter() - t0))
     return written
+
+
+def calibration_latents(model: VAE, images: torch.Tensor, seed: int = 0) -> np.ndarray:
+    """What a decoder meets in use: half posterior samples of real (training) images, as in the test
+    loss, and half N(0, I) draws, as in sampling. float32 (2 * len(images), latent_dim)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.inference_mode():
+        mu, logvar = model.encoder(images)
+        z = model.reparameterize(mu, logvar, g)
+    prior = torch.randn(z.shape, generator=g)
+    return torch.cat([z, prior]).numpy()
+
+
+def _fp16_proto(plain: onnx.ModelProto, latents: np.ndarray, tmp_dir: Path) -> onnx.ModelProto:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    proto = convert_float_to_float16(copy.deepcopy(plain), keep_io_types=True)
+    # the converter appends its input casts after their consumers: restore topological order
+    inputs = {i.name for i in proto.graph.input}
+    nodes = sorted(proto.graph.node, key=lambda n: not (n.op_type == "Cast" and n.input[0] in inputs))
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def _int8_proto(plain: onnx.ModelProto, latents: np.ndarray, tmp_dir: Path) -> onnx.ModelProto:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Batches(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(np.array_split(latents, max(1, len(latents) // 500)))
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {"latent_sample": batch}
+
+    with tempfile.TemporaryDirectory(dir=tmp_dir) as tmp:
+        model = copy.deepcopy(plain)
+        del model.graph.value_info[:]  # the quantizer rewrites Gemms and then trips on stale shapes
+        onnx.save(model, f"{tmp}/plain.onnx")
+        # float: the first layer (20 latent inputs: cheap, and quantizing z costs accuracy), the output
+        # ops, and the outputs of the quantized GEMMs/convolutions. Quantizing the logits cost 5x the
+        # nats and was slower: onnxruntime then dequantizes every pixel before the sigmoid.
+        keep_float = [n.name for n in model.graph.node
+                      if n.op_type in ("Sigmoid", "Reshape") or "latent_sample" in n.input]
+        with _quiet_exporter(), _root_logging(logging.ERROR):  # its advice to pre-process is for CNNs
+            quantize_static(f"{tmp}/plain.onnx", f"{tmp}/q.onnx", Batches(), quant_format=QuantFormat.QDQ,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+                            nodes_to_exclude=keep_float, extra_options={
+                                "OpTypesToExcludeOutputQuantization": ["Gemm", "MatMul", "Conv", "ConvTranspose"]})
+        return onnx.load(f"{tmp}/q.onnx")
+
+
+def _error_vs(base: Path, proto: onnx.ModelProto, latents: np.ndarray) -> dict[str, Any]:
+    """Max and mean |variant - fp32| over the pixels decoded from `latents`, by onnxruntime."""
+    import onnxruntime as ort
+
+    def run(model):
+        return ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, {"latent_sample": latents})[0]
+
+    diff = np.abs(run(proto.SerializeToString()).astype(np.float64) - run(str(base)))
+    return {"max_abs": float(diff.max()), "mean_abs": float(diff.mean()), "latents": len(latents)}

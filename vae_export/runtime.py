@@ -4,6 +4,8 @@ applications can embed `decoder.onnx` with two dependencies.
     from vae_export.runtime import Decoder
     decoder = Decoder("artifacts/mlp/decoder.onnx", provider="auto")
     images = decoder.sample(16, seed=0)          # (16, 1, 28, 28) float32 in [0, 1]
+    fast = Decoder("artifacts/mlp", precision="int8")            # decoder.int8.onnx in that folder
+    pixels = fast.decode(fast.latents(0, 0, 16), dtype="uint8")  # 0..255, rounded inside the graph
 """
 
 from __future__ import annotations
@@ -20,10 +22,14 @@ import numpy as np
 import onnxruntime as ort
 
 from .errors import ArtifactError, ProviderUnavailable, UsageError, first_line
+from .graph_bytes import UINT8_OUTPUT, with_uint8_output
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 MAX_MODEL_BYTES = 256 * 2**20       # our models are 1-2 MB; refuse anything absurd before parsing it
 BOUND_BATCH = 64                    # up to this batch, decode through a reused IO binding (see Decoder)
+SMALL_BATCH = 32                    # up to this batch, one intra-op thread is faster (benchmarks/sample_speed.py)
+PRECISIONS = ("fp32", "fp16", "int8")
+OUTPUT_DTYPES = {"float32": np.float32, "uint8": np.uint8}
 LATENT_CHUNK = 4096                 # latents come in fixed chunks, so samples do not depend on batch size
 
 ort.set_default_logger_severity(3)  # errors only: a CUDA provider that fails to load is reported by us
@@ -160,41 +166,76 @@ class _Model:
 
 
 class Decoder(_Model):
-    """latent_sample (B, latent_dim) -> sample (B, C, H, W) float32 in [0, 1]."""
+    """latent_sample (B, latent_dim) -> sample (B, C, H, W) float32 in [0, 1], or uint8 0..255.
+
+    `precision` picks the variant in the export folder (decoder.onnx, decoder.fp16.onnx,
+    decoder.int8.onnx); `path` may be that folder or any decoder file in it. Without `precision`,
+    the file named is used whatever its variant. Without `threads`,
+    batches up to SMALL_BATCH run on a one-thread session and larger ones on one thread per core:
+    a small decode is over before a second thread has woken up (no spinning: idle threads must not
+    steal the caller's cores), while a large one splits its GEMMs across the cores.
+    """
 
     role, inputs, outputs = "decoder", ("latent_sample",), ("sample",)
 
-    def __init__(self, path: str | os.PathLike, provider: str = "cpu", threads: int | None = None):
-        super().__init__(path, provider, threads)
-        self._bound: dict[int, tuple] = {}          # batch -> (binding, input buffer, output buffer)
+    def __init__(self, path: str | os.PathLike, provider: str = "cpu", threads: int | None = None,
+                 precision: str | None = None):
+        super().__init__(decoder_path(path, precision), provider, threads)
+        self.precision = self.metadata.get("variant", "fp32")
+        if precision not in (None, self.precision):
+            raise ArtifactError(f"{self.path} holds the {self.precision!r} variant, not {precision!r}")
+        self.threads = threads
+        self._latent_shape = (self.latent_dim,)     # per-call work is what batch-1 latency is made of
+        self._model = _read_model(self.path)
+        self._sessions = {(self._threads_of(self.session), False): self.session}  # (threads, uint8) -> session
+        self._bound: dict[tuple, tuple] = {}        # (batch, dtype) -> (session, binding, input, output, lock)
         self._lock = threading.Lock()
 
     @property
     def latent_dim(self) -> int:
         return int(self.metadata["latent_dim"])
 
-    def decode(self, z: Any, out: np.ndarray | None = None) -> np.ndarray:
-        """Decode latents. With `out` (a C-contiguous float32 array of the output shape, e.g. a slice
-        of a memory-mapped file), onnxruntime writes straight into it: no per-batch allocation."""
-        z = self._validated(z, (self.latent_dim,), "latents")
-        return self._run(z, out)
+    def decode(self, z: Any, out: np.ndarray | None = None, dtype: str = "float32") -> np.ndarray:
+        """Decode latents to float32 in [0, 1] or, with dtype "uint8", to round(255 x) computed in the
+        graph. With `out` (a C-contiguous array of the output shape and dtype), onnxruntime writes
+        straight into it: no per-batch allocation."""
+        if dtype not in OUTPUT_DTYPES:
+            raise UsageError(f"dtype must be one of {', '.join(OUTPUT_DTYPES)}, got {dtype!r}")
+        z = self._validated(z, self._latent_shape, "latents")
+        return self._run(z, out, dtype)
 
-    def _run(self, z: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        shape = (len(z), *self.image_shape)
-        session = self.session
-        if out is None and self.provider == PROVIDERS["cpu"]:
-            if len(z) <= BOUND_BATCH:
-                return self._run_bound(z)
-            return session.run(["sample"], {"latent_sample": z})[0]  # named outputs: a little less work per call
+    def session_for(self, batch: int, dtype: str = "float32") -> ort.InferenceSession:
+        """The session that decodes a batch of this size to this dtype (created on first use)."""
+        on_cpu = self.provider == PROVIDERS["cpu"]
+        threads = self.threads or (1 if batch <= SMALL_BATCH or not on_cpu else physical_cores())
+        key = (threads, dtype == "uint8")
+        with self._lock:
+            if key not in self._sessions:
+                model = with_uint8_output(self._model) if key[1] else self._model
+                self._sessions[key] = _loaded(self.path, lambda: open_session(
+                    model, "cpu" if on_cpu else "cuda", threads))
+            return self._sessions[key]
+
+    def _threads_of(self, session: ort.InferenceSession) -> int:
+        return session.get_session_options().intra_op_num_threads
+
+    def _run(self, z: np.ndarray, out: np.ndarray | None = None, dtype: str = "float32") -> np.ndarray:
+        on_cpu = self.provider == PROVIDERS["cpu"]
+        if out is None and on_cpu and len(z) <= BOUND_BATCH:
+            return self._run_bound(z, dtype)
+        shape, name, np_dtype = (len(z), *self.image_shape), _output_name(dtype), OUTPUT_DTYPES[dtype]
+        session = self.session_for(len(z), dtype)
+        if out is None and on_cpu:
+            return session.run([name], {"latent_sample": z})[0]  # named outputs: a little less work per call
         binding = session.io_binding()  # CUDA: one copy in, one out; CPU: write into the caller's buffer
         binding.bind_cpu_input("latent_sample", z)
-        if out is not None and self.provider == PROVIDERS["cpu"]:
-            if out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
-                raise UsageError(f"out must be a C-contiguous float32 array of shape {shape}")
-            binding.bind_output("sample", "cpu", 0, np.float32, list(shape), out.ctypes.data)
+        if out is not None and on_cpu:
+            if out.shape != shape or out.dtype != np_dtype or not out.flags.c_contiguous:
+                raise UsageError(f"out must be a C-contiguous {dtype} array of shape {shape}")
+            binding.bind_output(name, "cpu", 0, np_dtype, list(shape), out.ctypes.data)
             session.run_with_iobinding(binding)
             return out
-        binding.bind_output("sample", "cuda" if self.provider == PROVIDERS["cuda"] else "cpu")
+        binding.bind_output(name, "cpu" if on_cpu else "cuda")
         session.run_with_iobinding(binding)
         result = binding.copy_outputs_to_cpu()[0]
         if out is not None:
@@ -202,21 +243,23 @@ class Decoder(_Model):
             return out
         return result
 
-    def _run_bound(self, z: np.ndarray) -> np.ndarray:
+    def _run_bound(self, z: np.ndarray, dtype: str) -> np.ndarray:
         """Small batches are latency-bound: reuse one IO binding per batch size, with the input and
         output buffers bound once, so a call costs a copy in, the run and a copy out, without
         session.run's per-call binding and allocation."""
-        with self._lock:
-            if len(z) not in self._bound:
-                zin = np.empty(z.shape, np.float32)
-                img = np.empty((len(z), *self.image_shape), np.float32)
-                binding = self.session.io_binding()
-                binding.bind_cpu_input("latent_sample", zin)
-                binding.bind_output("sample", "cpu", 0, np.float32, list(img.shape), img.ctypes.data)
-                self._bound[len(z)] = (binding, zin, img)
-            binding, zin, img = self._bound[len(z)]
+        key = (len(z), dtype)
+        if key not in self._bound:
+            session = self.session_for(len(z), dtype)
+            zin = np.empty(z.shape, np.float32)
+            img = np.empty((len(z), *self.image_shape), OUTPUT_DTYPES[dtype])
+            binding = session.io_binding()
+            binding.bind_cpu_input("latent_sample", zin)
+            binding.bind_output(_output_name(dtype), "cpu", 0, img.dtype, list(img.shape), img.ctypes.data)
+            self._bound.setdefault(key, (session, binding, zin, img, threading.Lock()))
+        session, binding, zin, img, lock = self._bound[key]
+        with lock:
             np.copyto(zin, z)
-            self.session.run_with_iobinding(binding)
+            session.run_with_iobinding(binding)
             return img.copy()
 
     def latents(self, seed: int, start: int, stop: int) -> np.ndarray:
@@ -229,6 +272,26 @@ class Decoder(_Model):
             raise UsageError(f"n and batch_size must be > 0, got {n} and {batch_size}")
         return np.concatenate([self._run(self.latents(seed, i, min(i + batch_size, n)))
                                for i in range(0, n, batch_size)])
+
+
+def decoder_path(path: str | os.PathLike, precision: str | None = None) -> Path:
+    """The file of `precision` in an export folder: `path` is the folder or any decoder file in it."""
+    path = Path(path)
+    if precision not in (None, *PRECISIONS):
+        raise UsageError(f"unknown precision {precision!r}; expected {', '.join(PRECISIONS)}")
+    precision = precision or "fp32"
+    if precision == "fp32" and not path.is_dir():
+        return path                      # the file the caller names (Decoder checks its variant)
+    folder = path if path.is_dir() else path.parent
+    name = "decoder.onnx" if precision == "fp32" else f"decoder.{precision}.onnx"
+    if not (folder / name).is_file():
+        raise ArtifactError(f"no {name} in {folder}" + ("" if precision == "fp32" else
+                            f": write it with `vae-export onnx CHECKPOINT --out {folder} --{precision}`"))
+    return folder / name
+
+
+def _output_name(dtype: str) -> str:
+    return UINT8_OUTPUT if dtype == "uint8" else "sample"
 
 
 class Encoder(_Model):

@@ -2,14 +2,18 @@
 
     vae-export sample -n 1000000 --batch-size 8192 --dtype uint8 --out samples.npy
 
-N may exceed memory: batches go into a memory-mapped .npy, written atomically. A worker thread draws
-latents and decodes batch i+1 while the caller's thread stores batch i; float32 output skips even
-that step, since onnxruntime writes each batch straight into its slice of the mapped file.
+N may exceed memory: batches are written one after another into a .npy file preallocated at its full
+size, as a temp file renamed only once complete (a killed run leaves no partial file; a full disk is
+an OSError before any work, not a SIGBUS from a memory map). A worker thread draws latents and
+decodes batch k+1 while the caller's thread writes batch k; uint8 pixels are rounded inside the
+graph (graph_bytes.py), so no pass over the pixels runs in Python. The file is not fsynced: that
+would double the time of a large run on a slow disk; `sync` if it must survive a power cut.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -62,34 +66,37 @@ def check_job_size(path: Path, n: int, batch_size: int, image_shape: tuple[int, 
 
 def sample_to_file(decoder: Decoder, path: Path, n: int, *, seed: int = 0, batch_size: int = 8192,
                    dtype: str = "float32", on_batch: Callable[[int], None] | None = None,
-                   start: int = 0) -> SampleStats:
-    """n samples of N(0, I) latents for `seed` (the same whatever the batch size or provider): those
-    at positions start..start+n-1 of the whole run, so that shards of a run join into it (shards.py)."""
+                   start: int = 0, stop: int | None = None) -> SampleStats:
+    """Samples start..stop-1 (default: all n) of the n-sample run for `seed`: the same images
+    whatever the batch size, provider or range, since latents are keyed by (seed, chunk),
+    so shards of a run join into it (shards.py)."""
+    stop = n if stop is None else stop
     if n <= 0 or batch_size <= 0:
         raise UsageError(f"-n and --batch-size must be > 0, got {n} and {batch_size}")
+    if not 0 <= start < stop <= n:
+        raise UsageError(f"the range {start}..{stop} is not a non-empty part of 0..{n}")
     check_out_path(path)
-    batch_size = min(batch_size, n)   # the same samples whatever the batch size: no buffer larger than the job
-    check_job_size(path, n, batch_size, decoder.image_shape, dtype)
+    batch_size = min(batch_size, stop - start)   # the same samples whatever the batch size: no buffer larger than the job
+    check_job_size(path, stop - start, batch_size, decoder.image_shape, dtype)
     t0 = time.perf_counter()
     if path.suffix == ".png":
-        if start:
-            raise UsageError(f"a shard is written to .npy, not {path.name!r}")
-        save_png_grid(decoder.sample(n, seed=seed, batch_size=batch_size), path)
+        images = np.concatenate([decoder.decode(decoder.latents(seed, i, min(i + batch_size, stop)))
+                                 for i in range(start, stop, batch_size)])
+        save_png_grid(images, path)
     else:
-        _stream_npy(decoder, path, n, seed, batch_size, DTYPES[dtype], on_batch, start)
-    return SampleStats(n, time.perf_counter() - t0, decoder.provider)
+        _stream_npy(decoder, path, seed, range(start, stop), batch_size, dtype, on_batch)
+    return SampleStats(stop - start, time.perf_counter() - t0, decoder.provider)
 
 
 def decode_to_file(decoder: Decoder, z: np.ndarray, path: Path, dtype: str = "float32", nrow: int | None = None) -> None:
     """Decode given latents (an interpolation, a manifold grid) into .npy or a .png grid."""
     check_out_path(path)
     check_job_size(path, len(z), len(z), decoder.image_shape, dtype)
-    images = decoder.decode(z)
     if path.suffix == ".png":
-        save_png_grid(images, path, nrow=nrow)
+        save_png_grid(decoder.decode(z), path, nrow=nrow)
     else:
         with atomic_open(path) as f:  # a file object: np.save would append .npy to a temp path
-            np.save(f, to_dtype(images, DTYPES[dtype]), allow_pickle=False)
+            np.save(f, decoder.decode(z, dtype=dtype), allow_pickle=False)
 
 
 def interpolation_latents(decoder: Decoder, seeds: tuple[int, int], steps: int) -> np.ndarray:
@@ -104,32 +111,33 @@ def manifold(decoder: Decoder, n: int = 30) -> np.ndarray:
     return manifold_latents(n)
 
 
-def _stream_npy(decoder: Decoder, path: Path, n: int, seed: int, batch_size: int, dtype,
-                on_batch: Callable[[int], None] | None, start: int = 0) -> None:
-    shape = decoder.image_shape
-    starts = range(0, n, batch_size)
-    with atomic_path(path) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(n, *shape))
-        # uint8: the worker decodes into one float buffer while we convert the other (ping-pong)
-        buffers = [] if dtype == np.float32 else [np.empty((batch_size, *shape), np.float32) for _ in range(2)]
+def _stream_npy(decoder: Decoder, path: Path, seed: int, rows: range, batch_size: int, dtype: str,
+                on_batch: Callable[[int], None] | None) -> None:
+    """Write samples rows.start..rows.stop-1 as one .npy: header, then batches in order."""
+    shape = (len(rows), *decoder.image_shape)
+    starts = range(rows.start, rows.stop, batch_size)
+    # the worker decodes into one buffer while this thread writes the other
+    buffers = [np.empty((min(batch_size, len(rows)), *decoder.image_shape), DTYPES[dtype]) for _ in range(2)]
 
-        def produce(k: int) -> np.ndarray:
-            i = starts[k]
-            z = decoder.latents(seed, start + i, start + min(i + batch_size, n))
-            target = out[i: i + len(z)] if dtype == np.float32 else buffers[k % 2][: len(z)]
-            return decoder.decode(z, out=target)
+    def produce(k: int) -> np.ndarray:
+        i = starts[k]
+        z = decoder.latents(seed, i, min(i + batch_size, rows.stop))
+        return decoder.decode(z, out=buffers[k % 2][: len(z)], dtype=dtype)
 
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                                 "fortran_order": False, "shape": shape})
+        f.flush()
+        os.posix_fallocate(f.fileno(), 0, f.tell() + int(np.prod(shape)) * np.dtype(dtype).itemsize)
         with ThreadPoolExecutor(max_workers=1) as worker:
             pending = worker.submit(produce, 0)
-            for k, i in enumerate(starts):
+            for k in range(len(starts)):
                 images = pending.result()
                 if k + 1 < len(starts):
                     pending = worker.submit(produce, k + 1)
-                if dtype != np.float32:
-                    to_dtype(images, dtype, out=out[i: i + len(images)])
+                f.write(images)
                 if on_batch:
                     on_batch(len(images))
-        out.flush()  # the mapping itself closes when `out` goes out of scope
 
 
 def to_dtype(images: np.ndarray, dtype, out: np.ndarray | None = None) -> np.ndarray:

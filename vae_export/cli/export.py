@@ -28,16 +28,35 @@ def onnx(
     out_dir: ExportDir = Path("export"),
     opset: Annotated[int, typer.Option(min=18, max=23, help="ONNX opset (18+: the torch.export-based exporter's range).")] = 18,
     fp16: Annotated[bool, typer.Option(help="Also write decoder.fp16.onnx (half-precision math, float32 I/O).")] = False,
-    int8: Annotated[bool, typer.Option(help="Also write decoder.int8.onnx (dynamically quantized weights).")] = False,
+    int8: Annotated[bool, typer.Option(help="Also write decoder.int8.onnx (static int8, calibrated on real latents).")] = False,
     data_dir: Annotated[Optional[Path], typer.Option(help="Dataset root, for parity on real test images.")] = None,
     quiet: Quiet = False,
 ):
     """Export encoder.onnx and decoder.onnx (+ decoder.json sidecar), then prove parity with eager."""
     from ..export import export_decoder_variants, export_onnx
 
-    _export(checkpoint, out_dir, lambda model, state, sha, folder: export_onnx(model, state, sha, folder, opset)
-            + export_decoder_variants(folder, fp16=fp16, int8=int8), data_dir, quiet,
+    def write(model, state, sha, folder):
+        latents, images = _variant_data(model, state, data_dir) if fp16 or int8 else (None, None)
+        return export_onnx(model, state, sha, folder, opset) + export_decoder_variants(
+            folder, fp16=fp16, int8=int8, latents=latents, model=model, test_images=images)
+
+    _export(checkpoint, out_dir, write, data_dir, quiet,
             f"vae-export sample --model {out_dir / 'decoder.onnx'} -n 64 --out samples.png")
+
+
+def _variant_data(model, state, data_dir):
+    """Calibration latents from 1000 training images and the test images that measure each variant's
+    cost in nats, both from the data the checkpoint was trained on; without it, N(0, I) latents and
+    no nats figure."""
+    from training.data import load_from_settings, resolve_data_dir, to_float
+
+    from ..export import calibration_latents
+
+    try:
+        data = load_from_settings(state.get("settings", {}), resolve_data_dir(data_dir), download=False)
+    except Exception:  # noqa: BLE001 - no data here: calibrate on the prior alone
+        return None, None
+    return calibration_latents(model, to_float(data.train[:1000])), to_float(data.test[:1000]).numpy()
 
 
 @command
@@ -69,7 +88,8 @@ def _export(checkpoint: Path, out_dir: Path, write, data_dir, quiet: bool, next_
         sizes = {w.path.name: w.bytes for w in written}
     write_manifest(out_dir)
     for w in written:
-        out.print(f"{out_dir / w.path.name}  {sizes[w.path.name] / 1e6:.2f} MB  {w.seconds:.1f} s")
+        error = _variant_error(out_dir / w.path.name)
+        out.print(f"{out_dir / w.path.name}  {sizes[w.path.name] / 1e6:.2f} MB  {w.seconds:.1f} s{error}")
     if not quiet:
         err.print(f"parity: {len(rows)} checks passed" + ("" if images is not None else " (random inputs only: no test images found)"))
         err.print(f"next: {next_command}")
@@ -110,6 +130,18 @@ def _real_images(model, state: dict, data_dir):
     settings = state.get("settings", {"dataset": "mnist"})
     return (real_images(settings, data_dir, shape=model.config.image_shape),
             settings.get("dataset", "mnist").partition(":")[0])
+
+
+def _variant_error(path: Path) -> str:
+    """', max |diff| ... vs fp32, test loss +x nats/image' for a reduced-precision decoder, else ''."""
+    if path.suffix != ".onnx" or path.name.count(".") < 2:
+        return ""
+    from ..runtime import read_metadata
+
+    error = read_metadata(path).get("error_vs_fp32") or {}
+    cost = error.get("test_loss_cost_nats")
+    return (f"  max |diff| {error.get('max_abs', float('nan')):.1e}, mean {error.get('mean_abs', float('nan')):.1e} vs fp32"
+            + ("" if cost is None else f", test loss {cost:+.3f} nats/image"))
 
 
 def _parity(check, quiet: bool, report: Path | None = None):

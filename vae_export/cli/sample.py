@@ -12,6 +12,12 @@ from ..errors import UsageError
 from .common import Device, Quiet, command, err, out, shipped, shipped_dir
 
 
+class Precision(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    int8 = "int8"
+
+
 class OutDtype(str, Enum):
     float32 = "float32"
     uint8 = "uint8"
@@ -26,6 +32,7 @@ def sample(
     seed: Annotated[int, typer.Option(min=0, help="Same seed, same samples, on every provider and batch size.")] = 0,
     provider: Annotated[Device, typer.Option(help="cuda fails clearly if CUDA cannot really run; auto falls back.")] = Device.cpu,
     dtype: Annotated[OutDtype, typer.Option(help="For .npy: float32 in [0, 1], or uint8 in 0..255.")] = OutDtype.float32,
+    precision: Annotated[Precision, typer.Option(help="Decoder variant in the --model folder: decoder.onnx, decoder.fp16.onnx or decoder.int8.onnx (int8: fastest on CPUs with VNNI/AMX).")] = Precision.fp32,
     interpolate: Annotated[Optional[tuple[int, int]], typer.Option(help="Decode -n steps between the latents of two seeds.")] = None,
     manifold: Annotated[bool, typer.Option(help="Decode the 30x30 quantile grid of a 2-D latent model.")] = False,
     shard: Annotated[Optional[str], typer.Option(metavar="K/N", help="Write only part K of N of the -n samples (.npy); `merge` joins the parts.")] = None,
@@ -44,7 +51,7 @@ def sample(
     if shard and (out_path.suffix != ".npy" or interpolate or manifold):
         raise UsageError("--shard splits a run of random samples written to .npy")
     positions = shards.shard_range(n, *shards.parse_shard(shard)) if shard else range(n)
-    decoder = Decoder(shipped(model, "decoder.onnx"), provider=provider.value)
+    decoder = Decoder(shipped(model, "decoder.onnx"), provider=provider.value, precision=precision.value)
     if interpolate or manifold:
         steps = 900 if manifold else n
         sampling.check_job_size(out_path, steps, steps, decoder.image_shape, dtype.value)  # before the latents exist
@@ -54,10 +61,10 @@ def sample(
         return
     count = len(positions)
     with SampleProgress(err, count, disable=quiet or count < 100_000) as progress:
-        stats = sampling.sample_to_file(decoder, out_path, count, seed=seed, batch_size=batch_size, dtype=dtype.value,
-                                        on_batch=progress.advance, start=positions.start)
+        stats = sampling.sample_to_file(decoder, out_path, n, seed=seed, batch_size=batch_size, dtype=dtype.value,
+                                        on_batch=progress.advance, start=positions.start, stop=positions.stop)
     where = f" (samples {positions.start}..{positions.stop - 1} of {n}, shard {shard})" if shard else ""
-    out.print(f"{out_path}: {count} samples{where}, provider {stats.provider}, {stats.seconds:.2f} s, "
+    out.print(f"{out_path}: {count} samples{where}, provider {stats.provider}, {decoder.precision}, {stats.seconds:.2f} s, "
               f"{stats.per_second:,.0f} samples/s")
 
 

@@ -18,6 +18,12 @@ from .common import Device, Quiet, command, err, needs_train_extra, out
 Preset = Enum("Preset", {name.replace("-", "_"): name for name in PRESETS}, type=str)
 
 
+class TrainPrecision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
 class Likelihood(str, Enum):
     bernoulli = "bernoulli"
     gaussian = "gaussian"
@@ -63,6 +69,7 @@ def train(
     seed: Annotated[Optional[int], typer.Option(min=0, max=SEED_MAX, show_default="1")] = None,
     patience: Annotated[Optional[int], typer.Option(min=1, max=SIZE_MAX, help="Stop after N epochs without a better test loss.")] = None,
     limit: Annotated[Optional[int], typer.Option(min=1, max=SIZE_MAX, help="Use only the first N images of each split.")] = None,
+    precision: Annotated[Optional[TrainPrecision], typer.Option(show_default="auto", help="bf16: autocast forward; loss and weights stay float32. auto: bf16 on CUDA, fp32 on CPU.")] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Run folder [default: runs/PRESET].")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its checkpoint (only --epochs, --device, --data-dir may change).")] = False,
     nproc: Annotated[int, typer.Option(min=1, help="Data-parallel processes on this machine (one per GPU); >1 runs torchrun.")] = 1,
@@ -79,7 +86,7 @@ def train(
     saved = {"--preset": preset, "--batch-size": batch_size, "--lr": lr, "--latent-dim": latent_dim, "--beta": beta,
              "--likelihood": likelihood, "--sigma": sigma, "--binarize": binarize, "--dataset": dataset, "--image-size": image_size, "--channels": channels,
              "--test-fraction": test_fraction, "--skip-bad-files": skip_bad_files or None, "--conv-widths": conv_widths,
-             "--seed": seed, "--patience": patience, "--limit": limit}
+             "--seed": seed, "--patience": patience, "--limit": limit, "--precision": precision}
     if resume and any(v is not None for v in saved.values()):  # these come from the checkpoint: refuse, never drop
         raise UsageError(f"--resume continues with the checkpoint's own settings; drop "
                          f"{', '.join(k for k, v in saved.items() if v is not None)}")
@@ -92,7 +99,7 @@ def train(
                          channels=widths, strides=() if widths else None)
     given = {"batch_size": batch_size, "lr": lr, "seed": seed, "dataset": dataset, "test_fraction": test_fraction,
              "image_size": _sizes(image_size, "x", "--image-size", "64x64", 2), "image_channels": channels,
-             "binarize": binarize.value if binarize else None}
+             "binarize": binarize.value if binarize else None, "precision": (precision or TrainPrecision.auto).value}
     settings = TrainSettings(epochs=epochs, patience=patience, limit=limit, skip_bad_files=skip_bad_files,
                              **{k: v for k, v in given.items() if v is not None})
     out_dir = check_writable(out_dir or Path("runs") / preset_name, folder=True)
