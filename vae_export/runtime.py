@@ -22,7 +22,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .errors import ArtifactError, ProviderUnavailable, UsageError, first_line
-from .graph_bytes import UINT8_OUTPUT, with_uint8_output
+from .onnx_wire import UINT8_OUTPUT, external_tensor, with_uint8_output
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 MAX_MODEL_BYTES = 256 * 2**20       # our models are 1-2 MB; refuse anything absurd before parsing it
@@ -346,80 +346,13 @@ def _read_model(path: Path) -> bytes:
         raise ArtifactError(f"{path} is {size} bytes, over the {MAX_MODEL_BYTES}-byte cap for a VAE model")
     data = path.read_bytes()
     try:
-        external = _external_tensor(memoryview(data), "model", 0)
+        external = external_tensor(data)
     except ValueError as e:
         raise ArtifactError(f"{path} is not an ONNX file ({e})") from None
     if external:
         raise ArtifactError(f"{path}: tensor {external} stores its data in an external file; "
                             "vae-export models must be single files")
     return data
-
-
-# Where tensors live in an ONNX ModelProto, by protobuf field number (onnx/onnx.proto): for each
-# message type, the fields that hold messages which may contain a TensorProto.
-_ONNX_MESSAGES: dict[str, dict[int, str]] = {
-    "model": {7: "graph", 20: "training", 25: "function"},
-    "training": {1: "graph", 2: "graph"},
-    "graph": {1: "node", 5: "tensor", 15: "sparse"},
-    "function": {7: "node"},
-    "node": {5: "attribute"},
-    "attribute": {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse", 23: "sparse"},
-    "sparse": {1: "tensor", 2: "tensor"},
-}
-_TENSOR_NAME, _TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION = 8, 13, 14
-
-
-def _external_tensor(buf: memoryview, kind: str, depth: int) -> str | None:
-    """The name of the first tensor that uses external data, or None: a scan of the protobuf wire
-    format (no `onnx` package, no file access). Raises ValueError on malformed data."""
-    if depth > 64:
-        raise ValueError("nested too deeply")
-    name, external = "", False
-    for field, value in _wire_fields(buf):
-        if kind == "tensor":
-            if field == _TENSOR_NAME and isinstance(value, memoryview):
-                name = bytes(value).decode(errors="replace")
-            external |= field == _TENSOR_EXTERNAL_DATA or (field == _TENSOR_DATA_LOCATION and value != 0)
-        elif field in _ONNX_MESSAGES[kind] and isinstance(value, memoryview):
-            found = _external_tensor(value, _ONNX_MESSAGES[kind][field], depth + 1)
-            if found is not None:
-                return found
-    return (repr(name) if name else "(unnamed)") if external else None
-
-
-def _wire_fields(buf: memoryview):
-    """(field number, value) of each field in one protobuf message: an int, or a memoryview for
-    length-delimited fields (submessages, strings, packed arrays)."""
-    pos, end = 0, len(buf)
-
-    def varint() -> int:
-        nonlocal pos
-        result = shift = 0
-        while True:
-            if pos >= end or shift > 63:
-                raise ValueError("truncated or malformed varint")
-            byte = buf[pos]
-            pos += 1
-            result |= (byte & 0x7F) << shift
-            shift += 7
-            if byte < 0x80:
-                return result
-
-    while pos < end:
-        key = varint()
-        field, wire = key >> 3, key & 7
-        if wire == 0:
-            value = varint()
-        elif wire in (1, 5):
-            value, pos = None, pos + (8 if wire == 1 else 4)
-        elif wire == 2:
-            length = varint()
-            value, pos = buf[pos: pos + length], pos + length
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
-        if pos > end or field == 0:
-            raise ValueError("truncated or malformed protobuf")
-        yield field, value
 
 
 def _metadata(session: ort.InferenceSession, path: Path) -> dict[str, Any]:

@@ -6,7 +6,7 @@ N may exceed memory: batches are written one after another into a .npy file prea
 size, as a temp file renamed only once complete (a killed run leaves no partial file; a full disk is
 an OSError before any work, not a SIGBUS from a memory map). A worker thread draws latents and
 decodes batch k+1 while the caller's thread writes batch k; uint8 pixels are rounded inside the
-graph (graph_bytes.py), so no pass over the pixels runs in Python. The file is not fsynced: that
+graph (onnx_wire.py), so no pass over the pixels runs in Python. The file is not fsynced: that
 would double the time of a large run on a slow disk; `sync` if it must survive a power cut.
 """
 
