@@ -31,7 +31,8 @@ from vae_export.cli.common import TRAIN_EXTRA, shipped_dir
 REPO = Path(__file__).resolve().parents[1]
 PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 BASE = {"numpy", "onnxruntime", "typer", "rich", "pillow"}
-MODEL = {f"vae_export/artifacts/mlp/{name}" for name in ("encoder.onnx", "decoder.onnx", "decoder.json", "manifest.json")}
+MODEL = {f"vae_export/artifacts/mlp/{name}" for name in ("encoder.onnx", "decoder.onnx", "decoder.fp16.onnx", "decoder.int8.onnx",
+                                                          "decoder.json", "manifest.json")}
 # Every torch command, with arguments that get through Typer's parsing, so that the extras check answers.
 TORCH_COMMANDS = [["train"], ["onnx", "c.pt"], ["torchscript", "c.pt"], ["parity", "c.pt", "export"], ["bench"],
                   ["evaluate", "c.pt"]]
