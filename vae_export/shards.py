@@ -19,6 +19,7 @@ import numpy as np
 
 from .errors import UsageError, VaeExportError
 from .files import atomic_open
+from .sampling import npy_header
 
 COPY_BLOCK = 1 << 24                 # bytes per read while merging: memory stays flat for any N
 
@@ -96,8 +97,7 @@ def merge(paths: list[Path], out: Path, on_part: Callable[[Part], None] | None =
         raise VaeExportError(f"{out.parent} has {shutil.disk_usage(out.parent).free:,} bytes free, "
                              f"the merged file needs {merged.nbytes:,}")
     with atomic_open(out) as f:
-        header = {"descr": np.lib.format.dtype_to_descr(merged.dtype), "fortran_order": False, "shape": merged.shape}
-        np.lib.format.write_array_header_1_0(f, header)   # the header open_memmap writes for the whole run
+        f.write(npy_header(merged.dtype, merged.shape))   # the header `sample` writes for the whole run
         for p in parts:
             with open(p.path, "rb") as src:
                 src.seek(p.offset)
