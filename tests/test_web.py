@@ -119,7 +119,10 @@ def test_page_in_chromium_decodes_what_python_decodes(exports, preset, tmp_path)
         int8 = page["variant"]
         assert int8["variant"] == "decoder.int8.onnx"
         assert int8["grid"]["latents"] == page["sampled"]["grid"]["latents"]
-        assert_decodes_like_python(Decoder(exports[preset] / "decoder.int8.onnx"), int8["grid"]["latents"], int8["grid"]["pixels"])
+        # int8 runs other kernels in wasm than natively (VNNI/AMX): a requantized hidden activation may
+        # round one step apart, which moves a pixel by ~1e-4 (1.6e-4 seen); fp32 above is held to 1e-5
+        assert_decodes_like_python(Decoder(exports[preset] / "decoder.int8.onnx"), int8["grid"]["latents"],
+                                   int8["grid"]["pixels"], atol=1e-3)
 
 
 def test_node_example_decodes_what_python_decodes(exports, tmp_path):
