@@ -125,7 +125,8 @@ def _runner(path: Path, role: str, backend: str) -> Callable[[np.ndarray], dict[
             return {name: t.numpy() for name, t in zip(spec.outputs, y)}
 
         return run_ts
-    cls = runtime.Decoder  # the runtime refuses files with external data before onnxruntime reads them if role == "decoder" else runtime.Encoder
+    # the runtime refuses files with external data before onnxruntime reads them
+    cls = runtime.Decoder if role == "decoder" else runtime.Encoder
     net = cls(path, provider=backend.removeprefix("onnxruntime-"))
     if role == "decoder":
         return lambda x: {"sample": net.decode(x)}
