@@ -32,7 +32,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from training.data import load_images, resolve_data_dir, to_float  # noqa: E402
+from vae_export.training.data import load_images, resolve_data_dir, to_float  # noqa: E402
 from vae_export import runtime  # noqa: E402
 from vae_export.checkpoint import load_model  # noqa: E402
 from vae_export.export import calibration_latents, export_decoder_variants, export_onnx  # noqa: E402

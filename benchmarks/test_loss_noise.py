@@ -12,8 +12,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.data import load_from_settings, resolve_data_dir, to_float  # noqa: E402
-from training.train import evaluate  # noqa: E402
+from vae_export.training.data import load_from_settings, resolve_data_dir, to_float  # noqa: E402
+from vae_export.training.train import evaluate  # noqa: E402
 from vae_export.checkpoint import load_model  # noqa: E402
 
 

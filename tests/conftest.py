@@ -26,7 +26,7 @@ def mnist_root() -> Path:
 @pytest.fixture(scope="session")
 def trained(mnist_root, tmp_path_factory):
     """trained(preset) -> Path of a checkpoint from a real, short run on a slice of MNIST (cached)."""
-    from training.train import TrainSettings, train
+    from vae_export.training.train import TrainSettings, train
     from vae_export.config import make_config
 
     cache: dict[str, Path] = {}

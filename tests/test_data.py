@@ -6,7 +6,7 @@ import struct
 import numpy as np
 import pytest
 
-from training.data import load_images, resolve_data_dir
+from vae_export.training.data import load_images, resolve_data_dir
 from vae_export.errors import DataNotFound, UsageError
 
 

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from training import distributed
-from training.data import batches, load_images, to_float
-from training.train import Run, TrainSettings, train, train_epoch
+from vae_export.training import distributed
+from vae_export.training.data import batches, load_images, to_float
+from vae_export.training.train import Run, TrainSettings, train, train_epoch
 from vae_export.checkpoint import load_checkpoint
 from vae_export.config import make_config
 from vae_export.model import elbo_terms

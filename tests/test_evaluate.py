@@ -160,7 +160,7 @@ def make_gaussian(tmp_path):
 
 
 def test_training_binarizes_and_evaluate_follows_the_checkpoint(mnist_root, tmp_path):
-    from training.train import TrainSettings, train
+    from vae_export.training.train import TrainSettings, train
 
     train(make_config("mlp-small"), TrainSettings(epochs=1, limit=300, binarize="static"), tmp_path, data_dir=mnist_root)
     result = runner.invoke(app, [str(a) for a in ["evaluate", tmp_path / "checkpoint.pt", "--k", "1,4", "--n-images", "5",

@@ -132,7 +132,7 @@ def _checkpoint_bytes_mlp_small() -> int:
 
 
 def test_train_on_a_full_disk_keeps_the_last_checkpoint_and_figures_that_match_it(tmpfs, mnist_root):
-    from training.plots import save_loss_curve
+    from vae_export.training.plots import save_loss_curve
     from vae_export.checkpoint import load_checkpoint
 
     size = _checkpoint_bytes_mlp_small()

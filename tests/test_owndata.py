@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from training.data import SPLIT_SEED, load_dataset
-from training.train import TrainSettings, train
+from vae_export.training.data import SPLIT_SEED, load_dataset
+from vae_export.training.train import TrainSettings, train
 from vae_export import runtime
 from vae_export.checkpoint import load_checkpoint, load_model
 from vae_export.cli import app

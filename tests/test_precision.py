@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from training.data import load_images, to_float
-from training.train import evaluate
+from vae_export.training.data import load_images, to_float
+from vae_export.training.train import evaluate
 from vae_export import runtime, sampling
 from vae_export.checkpoint import load_model
 from vae_export.cli import app
@@ -105,7 +105,7 @@ def test_sample_cli_precision(variants, tmp_path):
 def test_bf16_training_keeps_float32_state_and_reaches_fp32_loss(mnist_root, tmp_path):
     import torch
 
-    from training.train import TrainSettings, train
+    from vae_export.training.train import TrainSettings, train
     from vae_export.checkpoint import load_checkpoint
     from vae_export.config import make_config
 

@@ -151,7 +151,7 @@ def test_sample_cli_refusals(models, tmp_path):
 
 
 def test_encode_and_reconstruct_cli(models, mnist_root, tmp_path):
-    from training.data import load_images
+    from vae_export.training.data import load_images
 
     images = load_images("mnist", mnist_root, train=False)[:16].numpy()  # uint8 (16, 1, 28, 28)
     np.save(tmp_path / "x.npy", images)

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from training.train import TrainSettings, train
+from vae_export.training.train import TrainSettings, train
 from vae_export.checkpoint import load_checkpoint, load_model
 from vae_export.config import make_config
 from vae_export.errors import CheckpointError, TrainingDiverged, UsageError

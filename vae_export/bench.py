@@ -315,7 +315,7 @@ def bench_training(providers: Sequence[str] = ("cpu", "cuda"), steps: int = 10, 
 def _train_speed(config: VAEConfig, dev: torch.device, images: torch.Tensor, steps: int) -> dict[str, Any]:
     """Time training.train's own epoch function on blocks of `steps` batches: the exact step that
     `vae-export train` runs (model layout, fused Adam, loss, host syncs), not a copy of it."""
-    from training.train import Run, TrainSettings, train_epoch
+    from vae_export.training.train import Run, TrainSettings, train_epoch
 
     run = Run.start(config, TrainSettings(batch_size=TRAIN_BATCH, seed=0), dev)
     x_all, block = images.to(dev), steps * TRAIN_BATCH
@@ -337,7 +337,7 @@ def _images(dataset: str | dict, train: bool, n: int, data_dir: str | Path | Non
             shape: tuple[int, ...] = (1, 28, 28)) -> tuple[torch.Tensor, str]:
     """n float images in [0, 1] from a dataset name or a checkpoint's settings (a folder or array: its
     size, channels and split), repeated if it has fewer; uniform noise of `shape` if it is not here."""
-    from training.data import load_from_settings, resolve_data_dir, to_float
+    from vae_export.training.data import load_from_settings, resolve_data_dir, to_float
 
     settings = {"dataset": dataset} if isinstance(dataset, str) else dataset
     name = settings.get("dataset", "mnist")

@@ -182,7 +182,7 @@ def real_images(dataset: str | dict, data_dir: str | Path | None = None, n: int 
     """The first n test images of a dataset name, or of the data a checkpoint's `settings` describe
     (a folder or array: same size, channels and split), as float32 (n, C, H, W) in [0, 1]; None if
     the data is not here (or, given `shape`, no longer has the model's image shape)."""
-    from training.data import load_from_settings, resolve_data_dir, to_float
+    from vae_export.training.data import load_from_settings, resolve_data_dir, to_float
 
     settings = {"dataset": dataset} if isinstance(dataset, str) else dataset
     try:

@@ -49,8 +49,8 @@ def evaluate(
     quiet: Quiet = False,
 ):
     """Estimate -log p(x) by importance sampling (nats/image, bits/dim), with the ELBO and active units."""
-    from training.data import load_from_settings, resolve_data_dir, to_float
-    from training.train import pick_device
+    from vae_export.training.data import load_from_settings, resolve_data_dir, to_float
+    from vae_export.training.train import pick_device
 
     from ..checkpoint import load_model
     from ..evaluate import EvalSettings, check_inputs, evaluate as run_evaluation, networks

@@ -48,7 +48,7 @@ def _variant_data(model, state, data_dir):
     """Calibration latents from 1000 training images and the test images that measure each variant's
     cost in nats, both from the data the checkpoint was trained on; without it, N(0, I) latents and
     no nats figure."""
-    from training.data import load_from_settings, resolve_data_dir, to_float
+    from vae_export.training.data import load_from_settings, resolve_data_dir, to_float
 
     from ..export import calibration_latents
 

@@ -76,8 +76,8 @@ def train(
     quiet: Quiet = False,
 ):
     """Train a VAE; writes checkpoint.pt, metrics.jsonl and figures into --out after every epoch."""
-    from training import distributed  # torch loads only for commands that need it
-    from training.train import TrainSettings, train as run_training
+    from vae_export.training import distributed  # torch loads only for commands that need it
+    from vae_export.training.train import TrainSettings, train as run_training
 
     from ..config import make_config
     from ..files import check_writable
