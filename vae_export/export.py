@@ -1,8 +1,8 @@
 """Export the encoder and decoder, each described once by an `ExportSpec`, to ONNX (torch.onnx's
-torch.export-based exporter) and TorchScript; every file is self-describing and written atomically.
+torch.export-based exporter) and legacy TorchScript; the `.pt2` formats are in export_pt2.py. Every
+file is self-describing and written atomically.
 
-    vae-export onnx runs/mlp/checkpoint.pt --out runs/mlp/export
-    vae-export torchscript runs/mlp/checkpoint.pt --out runs/mlp/export
+    vae-export export runs/mlp/checkpoint.pt --out runs/mlp/export --format onnx,pt2,aoti,torchscript
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from torch import nn
 
 from . import __version__
 from .config import VAEConfig
-from .errors import ArtifactError, UsageError
+from .errors import ArtifactError, UsageError, first_line
 from .files import atomic_open, sha256_file, writable_dir, write_json
 from .model import VAE
 
@@ -62,14 +62,25 @@ SPECS: dict[str, ExportSpec] = {
 FORMATS: dict[str, dict[str, Any]] = {
     "onnx": {"suffix": ".onnx", "metadata": "metadata_props (JSON values) + decoder.json sidecar",
              "dynamic_batch": True, "runs_on": "onnxruntime CPU/CUDA, no torch needed"},
+    "pt2": {"suffix": ".pt2", "metadata": "extra_files['vae_export.json']", "dynamic_batch": True,
+            "runs_on": "torch.export.load(...).module() in PyTorch (same or compatible version)"},
+    "aoti": {"suffix": ".aoti.pt2", "metadata": "package metadata['vae_export.json']", "dynamic_batch": True,
+             "runs_on": "aoti_load_package (Python) or AOTIModelPackageLoader (libtorch C++); compiled per CPU ISA"},
     "torchscript": {"suffix": ".torchscript", "metadata": "_extra_files['vae_export.json']",
-                    "dynamic_batch": True, "runs_on": "torch (Python or libtorch C++)"},
+                    "dynamic_batch": True, "runs_on": "torch (Python or libtorch C++); legacy: torch.jit is deprecated",
+                    "legacy": True},
 }
 TORCHSCRIPT_EXTRA = "vae_export.json"
 
 
 def artifact_path(out_dir: Path, role: str, fmt: str, variant: str = "") -> Path:
     return Path(out_dir) / f"{role}{'.' + variant if variant else ''}{FORMATS[fmt]['suffix']}"
+
+
+def format_of(path: Path) -> str | None:
+    """The format of an exported file from its name (decoder.aoti.pt2 is aoti, decoder.pt2 is pt2)."""
+    matches = [f for f, info in FORMATS.items() if Path(path).name.endswith(info["suffix"])]
+    return max(matches, key=lambda f: len(FORMATS[f]["suffix"]), default=None)
 
 
 def metadata(config: VAEConfig, checkpoint: dict[str, Any], checkpoint_sha256: str, spec: ExportSpec,
@@ -88,6 +99,7 @@ def metadata(config: VAEConfig, checkpoint: dict[str, Any], checkpoint_sha256: s
         "dataset": checkpoint.get("settings", {}).get("dataset"),
         "dataset_description": checkpoint.get("data", {}).get("description"), "epochs_trained": checkpoint.get("epoch"),
         "test_loss": metrics[-1].get("test_loss"), "opset": opset, "checkpoint_sha256": checkpoint_sha256,
+        **({"legacy": "torch.jit is deprecated upstream: prefer pt2 or aoti"} if FORMATS[fmt].get("legacy") else {}),
     }
 
 
@@ -169,7 +181,8 @@ def save_onnx(proto: onnx.ModelProto, path: Path) -> None:
 
 def export_torchscript(model: VAE, checkpoint: dict[str, Any], checkpoint_sha256: str,
                        out_dir: str | Path) -> list[Written]:
-    """Write encoder.torchscript and decoder.torchscript (traced: these networks have no control flow)."""
+    """Write encoder.torchscript and decoder.torchscript (traced: these networks have no control flow).
+    Legacy: kept for libtorch < 2.6 users; a torch that refuses torch.jit gets one line, not a traceback."""
     out_dir = writable_dir(out_dir)
     written = []
     for spec in SPECS.values():
@@ -178,9 +191,13 @@ def export_torchscript(model: VAE, checkpoint: dict[str, Any], checkpoint_sha256
         example = spec.example(model.config, 2, torch.Generator().manual_seed(0))
         meta = metadata(model.config, checkpoint, checkpoint_sha256, spec, "torchscript")
         path = artifact_path(out_dir, spec.role, "torchscript")
-        with warnings.catch_warnings(), atomic_open(path) as f:
-            warnings.simplefilter("ignore")  # torch.jit's deprecation notice; TorchScript still serves libtorch users
-            torch.jit.save(torch.jit.trace(module, example), f, _extra_files={TORCHSCRIPT_EXTRA: json.dumps(meta)})
+        try:
+            with warnings.catch_warnings(), atomic_open(path) as f:
+                warnings.simplefilter("ignore")  # torch.jit's deprecation notice; TorchScript still serves libtorch users
+                torch.jit.save(torch.jit.trace(module, example), f, _extra_files={TORCHSCRIPT_EXTRA: json.dumps(meta)})
+        except (RuntimeError, AttributeError, NotImplementedError) as e:  # a torch that has dropped torch.jit
+            raise ArtifactError(f"torch {torch.__version__} refused TorchScript, a legacy format "
+                                f"({first_line(e, 150)}): use --format pt2 or --format aoti") from None
         written.append(Written(path, time.perf_counter() - t0))
     return written
 
@@ -188,7 +205,7 @@ def export_torchscript(model: VAE, checkpoint: dict[str, Any], checkpoint_sha256
 def write_manifest(out_dir: str | Path) -> Path:
     """manifest.json: every artifact present in out_dir with its size and sha256."""
     out_dir = Path(out_dir)
-    files = sorted(p for p in out_dir.iterdir() if p.suffix in (".onnx", ".torchscript", ".json")
+    files = sorted(p for p in out_dir.iterdir() if p.suffix in (".onnx", ".torchscript", ".pt2", ".json")
                    and p.name != "manifest.json" and not p.name.startswith("."))
     if not files:
         raise UsageError(f"no artifacts in {out_dir}")

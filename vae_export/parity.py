@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import warnings
 from dataclasses import asdict, dataclass
@@ -20,7 +21,7 @@ import torch
 
 from . import runtime
 from .errors import ArtifactError, ParityError, first_line
-from .export import FORMATS, SPECS, TORCHSCRIPT_EXTRA
+from .export import FORMATS, SPECS, TORCHSCRIPT_EXTRA, format_of
 from .model import VAE
 
 BATCH_SIZES = (1, 7, 1000)
@@ -32,6 +33,8 @@ REL_FLOOR = 1e-6   # max rel = |export - eager| / max(|eager|, REL_FLOOR): defin
 # rtol 1e-5, float32's few-ulp level at that magnitude. CUDA: TF32 off on both sides (see below).
 TOLERANCES: dict[str, tuple[float, float]] = {
     "torchscript": (1e-6, 0.0),
+    "pt2": (1e-6, 0.0),             # an ExportedProgram's module() runs torch's own kernels
+    "aoti": (1e-5, 0.0),            # AOTInductor's generated kernels fuse and vectorize: another order
     "onnxruntime-cpu": (1e-5, 0.0),
     "onnxruntime-cuda": (1e-5, 0.0),
 }
@@ -56,18 +59,18 @@ class Row:
     atol: float
     rtol: float
     passed: bool
+    loaded_by: str = ""  # the runtime and version that loaded the file: "torch 2.14.1", "onnxruntime 1.23.2"
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 def artifacts_in(directory: Path) -> list[Path]:
-    """Every exported network in `directory` (encoder/decoder, any variant, ONNX or TorchScript)."""
-    suffixes = {f["suffix"] for f in FORMATS.values()}
+    """Every exported network in `directory` (encoder/decoder, any variant, any format of FORMATS)."""
     found = sorted(p for p in Path(directory).iterdir()
-                   if p.suffix in suffixes and p.name.split(".")[0] in SPECS and not p.name.startswith("."))
+                   if format_of(p) and p.name.split(".")[0] in SPECS and not p.name.startswith("."))
     if not found:
-        raise ArtifactError(f"no encoder/decoder .onnx or .torchscript files in {directory}")
+        raise ArtifactError(f"no encoder/decoder .onnx, .pt2 or .torchscript files in {directory}")
     return found
 
 
@@ -83,14 +86,17 @@ def check_parity(model: VAE, paths: list[Path], *, provider: str = "cpu", images
     rows: list[Row] = []
     for path in paths:
         role, variant = _role_variant(path)
-        backends = ["torchscript"] if path.suffix == ".torchscript" else [f"onnxruntime-{p}" for p in providers]
+        fmt = format_of(path)
+        backends = [f"onnxruntime-{p}" for p in providers] if fmt == "onnx" else [fmt]
         for backend in backends:
             device = "cuda" if backend.endswith("cuda") else "cpu"
             run = _runner(path, role, backend)
+            loaded_by = f"onnxruntime {runtime.ort.__version__}" if fmt == "onnx" else f"torch {torch.__version__}"
             bounds = VARIANT_TOLERANCES.get(variant) or TOLERANCES[backend]
             bounds = (atol if atol is not None else bounds[0],
                       rtol if rtol is not None else (ENCODER_RTOL if role == "encoder" else bounds[1]))
-            rows += _compare(model, role, run, path.name, backend, device, bounds, images, images_name, seed)
+            rows += [dataclasses.replace(r, loaded_by=loaded_by)
+                     for r in _compare(model, role, run, path.name, backend, device, bounds, images, images_name, seed)]
     failed = [r for r in rows if not r.passed]
     if failed:
         raise ParityError(f"{len(failed)} of {len(rows)} parity checks failed", rows)
@@ -98,13 +104,17 @@ def check_parity(model: VAE, paths: list[Path], *, provider: str = "cpu", images
 
 
 def _role_variant(path: Path) -> tuple[str, str]:
-    parts = path.name.split(".")          # decoder.onnx, decoder.fp16.onnx
-    return parts[0], parts[1] if len(parts) > 2 else "fp32"
+    parts = path.name[: -len(FORMATS[format_of(path)]["suffix"])].split(".")  # decoder.onnx, decoder.fp16.onnx
+    return parts[0], parts[1] if len(parts) > 1 else "fp32"
 
 
 def _runner(path: Path, role: str, backend: str) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
     """A function from an input batch to {output name: array}, running the artifact on `backend`."""
     spec = SPECS[role]
+    if backend in ("pt2", "aoti"):
+        from .export_pt2 import runner
+
+        return runner(path, role, backend)
     if backend == "torchscript":
         extra = {TORCHSCRIPT_EXTRA: ""}
         try:
@@ -196,9 +206,10 @@ def print_table(rows: list[Row], console) -> None:
     """One line per check: artifact, backend, inputs, batch size, output, errors, tolerances, result."""
     from rich.table import Table
 
-    table = Table("artifact", "backend", "inputs", "batch", "output", "max abs", "mean abs", "max rel", "atol", "rtol",
-                  "result", title="parity against eager PyTorch (float32)", title_justify="left")
+    table = Table("artifact", "backend", "loaded by", "inputs", "batch", "output", "max abs", "mean abs", "max rel", "atol",
+                  "rtol", "result", title="parity against eager PyTorch (float32)", title_justify="left")
     for r in rows:
-        table.add_row(r.artifact, r.backend, r.inputs, str(r.batch_size), r.output, f"{r.max_abs:.1e}", f"{r.mean_abs:.1e}",
-                      f"{r.max_rel:.1e}", f"{r.atol:g}", f"{r.rtol:g}", "[green]pass[/]" if r.passed else "[red]FAIL[/]")
+        table.add_row(r.artifact, r.backend, r.loaded_by, r.inputs, str(r.batch_size), r.output, f"{r.max_abs:.1e}",
+                      f"{r.mean_abs:.1e}", f"{r.max_rel:.1e}", f"{r.atol:g}", f"{r.rtol:g}",
+                      "[green]pass[/]" if r.passed else "[red]FAIL[/]")
     console.print(table)
