@@ -111,7 +111,8 @@ def _sigterm_raises():
 @app.callback()
 def _app(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
                                                help="Print the version and exit.")] = False) -> None:
-    """Train a VAE, export encoder and decoder to TorchScript/ONNX with proven parity, sample fast."""
+    """Train a VAE, export encoder and decoder to ONNX, .pt2 (torch.export, AOTInductor) and legacy
+    TorchScript with proven parity, sample fast."""
 
 
 def shipped_dir() -> Path:
