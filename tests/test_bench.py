@@ -19,14 +19,14 @@ from vae_export.config import PRESETS
 from vae_export.errors import UsageError
 
 BATCHES = (1, 70)      # a latency-bound and a throughput-bound batch
-CPU_BACKENDS = ["eager", "torchscript", "onnxruntime-cpu", "onnxruntime-cpu-session"]
+CPU_BACKENDS = ["eager", "torchscript", "pt2", "onnxruntime-cpu", "onnxruntime-cpu-session"]
 REDUCED = ["eager-bf16", "onnxruntime-cpu-fp16", "onnxruntime-cpu-int8"]     # decoder only
 CUDA_BACKENDS = {"eager-cuda", "onnxruntime-cuda", "onnxruntime-cuda-iobinding"}
 
 
 @pytest.fixture(scope="module")
 def report(trained):
-    return run_bench(trained("mlp"), batch_sizes=BATCHES, repeats=2, compile=False, train_steps=1)
+    return run_bench(trained("mlp"), batch_sizes=BATCHES, repeats=2, compile=False, aoti=False, train_steps=1)
 
 
 def test_report_is_plain_json_describing_the_machine(report):
@@ -82,7 +82,7 @@ def test_training_throughput_for_every_preset(report):
 def test_a_backend_that_disagrees_is_flagged_and_not_timed(trained, monkeypatch, tmp_path):
     decode = runtime.Decoder.decode
     monkeypatch.setattr(runtime.Decoder, "decode", lambda self, z: decode(self, z) + np.float32(1e-3))
-    bad = run_bench(trained("mlp"), batch_sizes=(3,), providers=("cpu",), repeats=1, train=False, compile=False,
+    bad = run_bench(trained("mlp"), batch_sizes=(3,), providers=("cpu",), repeats=1, train=False, compile=False, aoti=False,
                     data_dir=tmp_path)  # no MNIST there: the encoder is timed on noise, and the report says so
     row = next(r for r in bad["decode"]["rows"] if r["backend"] == "onnxruntime-cpu")
     assert row["status"] == "wrong" and row["max_abs_diff"] > row["tolerance"]
