@@ -11,6 +11,7 @@ applications can embed `decoder.onnx` with two dependencies.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -118,6 +119,7 @@ class _Model:
     def __init__(self, path: str | os.PathLike, provider: str = "cpu", threads: int | None = None):
         self.path = Path(path)
         data = _read_model(self.path)
+        self.sha256 = hashlib.sha256(data).hexdigest()   # what sample files record of their decoder
         self.session = _loaded(self.path, lambda: open_session(data, provider, threads))
         self.provider = self.session.get_providers()[0]
         self.metadata = _metadata(self.session, self.path)
