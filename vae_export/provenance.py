@@ -27,15 +27,11 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .errors import ArtifactError, VaeExportError
+from .errors import ProvenanceError, VaeExportError
 
 MARK = "vae-export "                  # the comment's prefix: "# vae-export {json}"
 SAMPLES_VERSION = 1                   # bump when the samples of (decoder, seed, i) change
 RUN_KEYS = ("samples", "decoder_sha256", "checkpoint_sha256", "precision", "n", "seed", "dtype")
-
-
-class ProvenanceError(VaeExportError):
-    """Files that claim to belong together do not: another run, another model, a gap."""
 
 
 # --- models ---
@@ -57,8 +53,8 @@ def same_model(models: Iterable[tuple[str | os.PathLike, dict[str, Any]]], what:
 def from_checkpoint(path: str | os.PathLike, meta: dict[str, Any], checkpoint: str | os.PathLike, sha256: str) -> None:
     """Refuse an exported file that was not exported from `checkpoint` (whose sha256 is given)."""
     if meta.get("checkpoint_sha256") != sha256:
-        raise ProvenanceError(f"{path} was exported from another checkpoint than {checkpoint} (sha256 "
-                              f"{_short(meta.get('checkpoint_sha256'))} vs {_short(sha256)}): pass the export of this checkpoint")
+        raise ProvenanceError(f"{path} was exported from another checkpoint (sha256 {_short(meta.get('checkpoint_sha256'))}) "
+                              f"than {checkpoint} ({_short(sha256)}): use the export of this checkpoint")
 
 
 def _short(value: Any) -> str:

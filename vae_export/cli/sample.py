@@ -123,12 +123,15 @@ def reconstruct(
 
     from .. import sampling
     from ..images import read_images
+    from ..provenance import same_model
     from ..runtime import Decoder, Encoder
 
     sampling.check_out_path(out_path)
     folder = model_dir or shipped_dir()
     encoder = Encoder(folder / "encoder.onnx", provider=provider.value)
     decoder = Decoder(folder / "decoder.onnx", provider=provider.value)
+    same_model([(encoder.path, encoder.metadata), (decoder.path, decoder.metadata)],
+               "a reconstruction needs the encoder and decoder of one model")
     x = read_images(images, encoder.image_shape)
     sampling.check_job_size(out_path, 2 * len(x), len(x), decoder.image_shape)
     mu, _ = encoder.encode(x)
