@@ -251,7 +251,11 @@ def test_merge_writes_exactly_the_one_run_bytes_or_refuses_before_writing(sample
     from vae_export.shards import merge
 
     whole, n, candidates = sample_files
-    chosen = data.draw(st.lists(st.sampled_from(candidates), min_size=1, max_size=5, unique_by=lambda c: c[0]))
+    cut = data.draw(st.sampled_from([candidates[1:4], candidates[4:6], candidates[:1]]))     # 3 parts, 2 parts, whole
+    kept = [c for c, keep in zip(cut, data.draw(st.lists(st.booleans(), min_size=len(cut), max_size=len(cut)))) if keep]
+    extra = data.draw(st.lists(st.sampled_from(candidates), max_size=2))
+    chosen = list({c[0]: c for c in kept + extra}.values()) or [cut[0]]
+    chosen = data.draw(st.permutations(chosen))
     rows = sorted((r.start, r.stop) for _, r in chosen if r is not None)
     tiles = len(rows) == len(chosen) and [a for a, _ in rows] == [0, *(b for _, b in rows[:-1])] and rows[-1][1] == n
     event("tiles the run" if tiles else "does not tile it")
