@@ -168,8 +168,25 @@ def test_web_refuses_a_variant_or_sidecar_of_another_checkpoint(other, tmp_path,
     assert not (tmp_path / "site").exists()
 
 
-def test_parity_refuses_an_export_of_another_checkpoint_up_front(other, tmp_path):
-    result = run("parity", other / "checkpoint.pt", SHIPPED, "--report", tmp_path / "r.json")
+def test_a_variant_picked_from_a_folder_is_of_the_folder_s_model(other, tmp_path):
+    folder = _mixed(tmp_path, other, decoder_int8=True)
+    out = tmp_path / "s.npy"
+    refused(run("sample", "--model", folder, "--precision", "int8", "-n", 4, "--out", out), "decoder.int8.onnx", "another model")
+    assert not out.exists()
+    named = run("sample", "--model", folder / "decoder.int8.onnx", "--precision", "int8", "-n", 4, "--out", out)
+    assert named.exit_code == 0, named.output                      # a file named is used as named
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_parity_refuses_an_export_of_another_checkpoint_up_front(other, tmp_path, fmt):
+    export = SHIPPED
+    if fmt == "torchscript":
+        from vae_export.export import export_torchscript
+
+        export = tmp_path / "ts"
+        model, state = load_model(SHIPPED / "checkpoint.pt")
+        export_torchscript(model, state, sha256_file(SHIPPED / "checkpoint.pt"), export)
+    result = run("parity", other / "checkpoint.pt", export, "--report", tmp_path / "r.json")
     refused(result, "another checkpoint", other / "checkpoint.pt")
     assert "max" not in result.stdout and not (tmp_path / "r.json").exists()   # no table: nothing was run
 
