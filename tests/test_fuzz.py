@@ -6,6 +6,7 @@ never another exception. `pytest --hypothesis-show-statistics` prints how many c
 from __future__ import annotations
 
 import io
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -267,3 +268,28 @@ def test_merge_writes_exactly_the_one_run_bytes_or_refuses_before_writing(sample
             assert not tiles and list(Path(tmp).iterdir()) == []
             return
         assert tiles and out.read_bytes() == whole
+
+
+@FUZZ
+@given(st.one_of(st.text(max_size=200), st.dictionaries(st.sampled_from(["samples", "n", "seed", "dtype", "rows", "part",
+                                                                         "decoder_sha256", "checkpoint_sha256", "precision"]),
+                                                        st.one_of(st.integers(), st.text(max_size=5), st.none(),
+                                                                  st.lists(st.integers(), max_size=3))).map(json.dumps)),
+       st.sampled_from(["# vae-export ", "#vae-export ", "# ", ""]))
+def test_any_header_record_is_read_or_refused_in_one_line(text, mark):
+    """Whatever follows the dict of a .npy header (an edited or foreign record, a stray quote or
+    backslash), reading the part and merging it gives a record or a VaeExportError, never another exception."""
+    from vae_export.shards import merge
+
+    comment = (mark + text).encode("latin1", "replace").replace(b"\n", b" ").replace(b"\r", b" ")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "part.npy"
+        buf = io.BytesIO()
+        np.lib.format.write_array_header_1_0(buf, {"descr": "|u1", "fortran_order": False, "shape": (2, 1, 2, 2)})
+        header = buf.getvalue()[:-1].rstrip(b" ") + b"  " + comment
+        header += b" " * (-(len(header) + 1) % 64) + b"\n"
+        path.write_bytes(header[:8] + len(header[10:]).to_bytes(2, "little") + header[10:] + bytes(8))
+        try:
+            merge([path], Path(tmp) / "all.npy")
+        except VaeExportError:
+            pass

@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import tokenize
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,12 +143,20 @@ def _record(header: str, path: Path) -> dict[str, Any] | None:
         record = json.loads(texts[0])
     except json.JSONDecodeError:
         raise ProvenanceError(f"{path}: its vae-export header record is not JSON (edited by hand?)") from None
-    ints = [record.get("n"), record.get("seed"), *(record.get("rows") or [0, 1])] if isinstance(record, dict) else []
-    if (not isinstance(record, dict) or any(k not in record for k in RUN_KEYS) or record["n"] is None
-            or not all(type(v) is int for v in ints) or len(record.get("rows") or [0, 1]) != 2
-            or record["dtype"] not in ("float32", "uint8")):
+    if not _well_formed(record):
         raise ProvenanceError(f"{path}: its vae-export header record is incomplete or malformed (edited by hand?)")
     return record
+
+
+def _well_formed(record: Any) -> bool:
+    def is_int(v: Any) -> bool:
+        return type(v) is int
+
+    rows = record.get("rows", [0, 1]) if isinstance(record, dict) else None
+    return (isinstance(record, dict) and all(k in record for k in RUN_KEYS)
+            and is_int(record["n"]) and is_int(record["seed"]) and record["dtype"] in ("float32", "uint8")
+            and isinstance(rows, list) and len(rows) == 2 and all(map(is_int, rows))
+            and ("part" not in record or isinstance(record["part"], str) and re.fullmatch(r"\d+/[1-9]\d*", record["part"])))
 
 
 def check_tiling(files: list[NpyFile]) -> list[NpyFile]:
@@ -197,7 +206,6 @@ def _missing_part(neighbour: NpyFile, start: int) -> str:
     part = neighbour.record.get("part")
     if not part:
         return ""
-    count = int(part.split("/")[1])
-    n = neighbour.record["n"]
-    k = next((k for k in range(count) if n * k // count == start), None)
-    return "" if k is None else f" (part {k}/{count})"
+    n, count = neighbour.record["n"], int(part.split("/")[1])
+    k = -(-start * count // n)                      # the first K whose range (shards.shard_range) starts at or after `start`
+    return f" (part {k}/{count})" if k < count and n * k // count == start else ""
