@@ -124,8 +124,8 @@ def write_header_only_npy(path, shape):
         np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": shape})
 
 
-@pytest.mark.parametrize("case", ["empty", "corrupt", "mixed", "too-big", "bad-shape", "out-of-range", "unknown",
-                                  "bad-size", "bad-channels", "odd-size-conv"])
+@pytest.mark.parametrize("case", ["empty", "corrupt", "mixed", "too-big", "bad-shape", "bad-header", "out-of-range",
+                                  "unknown", "bad-size", "bad-channels", "odd-size-conv"])
 def test_bad_input_is_refused_in_one_line(folder, tmp_path, case):
     data = tmp_path / "data"
     data.mkdir()
@@ -147,6 +147,11 @@ def test_bad_input_is_refused_in_one_line(folder, tmp_path, case):
     elif case == "bad-shape":
         np.save(data / "x.npy", np.zeros((4, 5, 8, 8), np.uint8))
         spec, code, words = f"npy:{data / 'x.npy'}", 1, "C = 1 or 3"
+    elif case == "bad-header":  # numpy's header parser raises tokenize.TokenError on an unclosed bracket
+        header = b"{'descr': '|u1', 'fortran_order': False, 'shape': (4, 8, 8), }  ["
+        header += b" " * (-(len(header) + 11) % 64) + b"\n"
+        (data / "x.npy").write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + bytes(256))
+        spec, code, words = f"npy:{data / 'x.npy'}", 1, "not a readable npy file"
     elif case == "out-of-range":
         np.savez(data / "x.npz", images=np.full((4, 8, 8), 2.0, np.float32))
         spec, code, words = f"npz:{data / 'x.npz'}", 1, "[0, 1]"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import tokenize
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -255,7 +256,7 @@ def _read_array(path: Path, kind: str, size: tuple[int, int] | None, channels: i
             _check_array(shape, dtype, f"{kind}:{path}")
             f.seek(0)
             array = np.lib.format.read_array(f, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, SyntaxError, tokenize.TokenError) as e:  # numpy's header parser raises each
         raise DataError(f"{kind}:{path}: not a readable {kind} file ({first_line(e, 160)})") from None
     images = _to_nchw(array, f"{kind}:{path}")
     if images.dtype != np.uint8:

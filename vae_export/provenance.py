@@ -28,7 +28,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .errors import ProvenanceError, VaeExportError
+from .errors import ProvenanceError, VaeExportError, first_line
 
 MARK = "vae-export "                  # the comment's prefix: "# vae-export {json}"
 SAMPLES_VERSION = 1                   # bump when the samples of (decoder, seed, i) change
@@ -117,8 +117,8 @@ def read_npy(path: Path) -> NpyFile:
             offset = f.tell()
             f.seek(8 + (2 if version == (1, 0) else 4))
             text = f.read(offset - f.tell()).decode("latin1")
-    except (OSError, ValueError, EOFError) as e:
-        raise VaeExportError(f"{path} is not a readable .npy file ({e})") from None
+    except (OSError, ValueError, EOFError, SyntaxError, tokenize.TokenError) as e:  # numpy's header parser raises all of these
+        raise VaeExportError(f"{path} is not a readable .npy file ({first_line(e)})") from None
     if fortran_order or not shape:
         raise VaeExportError(f"{path} is not a C-ordered array of samples")
     npy = NpyFile(path, shape, dtype, offset, _record(text, path))
