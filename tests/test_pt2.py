@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 from vae_export.checkpoint import load_model
 from vae_export.cli import app
 from vae_export.errors import ArtifactError
-from vae_export.parity import BATCH_SIZES, check_parity
+from vae_export.files import sha256_file
+from vae_export.parity import BATCH_SIZES, artifact_metadata, check_parity
 
 FILES = {f"{role}.{suffix}" for role in ("encoder", "decoder") for suffix in ("onnx", "pt2", "aoti.pt2", "torchscript")}
 VAE_EXPORT = Path(sys.executable).parent / "vae-export"
@@ -95,7 +96,9 @@ def test_pt2_and_aoti_run_in_a_python_that_never_imports_vae_export(pt2_exports,
 
 
 def test_torchscript_is_labelled_legacy_and_the_manifest_lists_pt2(pt2_exports):
-    _, folder = pt2_exports["mlp"]
+    ckpt, folder = pt2_exports["mlp"]
+    for name in FILES:   # what parity's provenance check reads without running the file
+        assert artifact_metadata(folder / name)["checkpoint_sha256"] == sha256_file(ckpt)
     extra = {"vae_export.json": ""}
     with pytest.warns(FutureWarning):
         torch.jit.load(str(folder / "decoder.torchscript"), _extra_files=extra)

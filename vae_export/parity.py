@@ -84,16 +84,21 @@ def check_exported_from(paths: list[Path], checkpoint: Path, sha256: str) -> Non
 
 
 def artifact_metadata(path: Path) -> dict:
-    """An artifact's metadata without running it: ONNX metadata_props, or TorchScript's extra file
-    read from its zip archive."""
-    if path.suffix != ".torchscript":
+    """An artifact's metadata without running it: ONNX metadata_props, or the JSON in a zip archive
+    (TorchScript's and a .pt2's extra file; an AOTInductor package's metadata, which holds ours)."""
+    fmt = format_of(path)
+    if fmt == "onnx":
         return runtime.read_metadata(path)
     try:
         with zipfile.ZipFile(path) as archive:
-            name = next(n for n in archive.namelist() if n.endswith(f"/extra/{TORCHSCRIPT_EXTRA}"))
-            meta = json.loads(archive.read(name))
-    except (OSError, zipfile.BadZipFile, StopIteration, ValueError):
-        raise ArtifactError(f"{path} is not a vae-export TorchScript file (no readable {TORCHSCRIPT_EXTRA})") from None
+            if fmt == "aoti":
+                name = next(n for n in archive.namelist() if n.endswith(".wrapper_metadata.json"))
+                meta = json.loads(json.loads(archive.read(name))[TORCHSCRIPT_EXTRA])
+            else:
+                name = next(n for n in archive.namelist() if n.endswith(f"/extra/{TORCHSCRIPT_EXTRA}"))
+                meta = json.loads(archive.read(name))
+    except (OSError, zipfile.BadZipFile, StopIteration, ValueError, KeyError, TypeError):
+        raise ArtifactError(f"{path} is not a vae-export {fmt} file (no readable {TORCHSCRIPT_EXTRA})") from None
     if not isinstance(meta, dict):
         raise ArtifactError(f"{path}: its {TORCHSCRIPT_EXTRA} is not a JSON object")
     return meta
