@@ -17,11 +17,12 @@ import pytest
 from typer.testing import CliRunner
 
 from vae_export.cli import app
-from vae_export.files import LEDGER, atomic_open
+from vae_export.files import atomic_open
 
 REPO = Path(__file__).resolve().parents[1]
 EXPORT = REPO / "artifacts" / "mlp"          # decoder.onnx, decoder.int8.onnx, decoder.json: a real export
 runner = CliRunner()
+LEDGER = ".vae-export-files.json"            # files.LEDGER: the list of the files vae-export wrote in a folder
 
 
 def web(out, export=EXPORT, *more):
