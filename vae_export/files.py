@@ -27,6 +27,17 @@ STAGING_PREFIX = ".staging-"
 LOCK_NAME = ".vae-export.lock"
 
 
+in_flight: set[Path] = set()   # temp files, staging folders and lock files this process has open right now
+
+
+def remove_in_flight() -> None:
+    """Remove what this process has in flight, for an exit that skips the usual cleanup (os._exit after
+    a signal, while the main thread is stuck in C code: training/distributed.py). Only our own paths."""
+    for path in list(in_flight):
+        with contextlib.suppress(OSError):
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else os.unlink(path)
+
+
 def _locked_fd(path: str | os.PathLike) -> int | None:
     """An fd holding an exclusive flock on `path`, or None when another live process holds it."""
     fd = os.open(path, os.O_RDONLY)
@@ -78,6 +89,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except OSError as e:
         raise OSError(e.errno, e.strerror, str(path)) from None
     try:
+        in_flight.add(Path(tmp))
         fcntl.flock(fd, fcntl.LOCK_EX)  # marks the temp file as live until we close fd
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the mode open() would
         yield Path(tmp)
@@ -89,6 +101,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             raise OSError(e.errno, e.strerror, str(path)) from None
         raise
     finally:
+        in_flight.discard(Path(tmp))
         os.close(fd)
 
 
@@ -184,11 +197,13 @@ def run_lock(folder: str | os.PathLike) -> Iterator[None]:
             if os.stat(path).st_ino == os.fstat(fd).st_ino:
                 break                                   # the file at `path` is the one we hold
         os.close(fd)                                    # its holder removed it on release: lock the new one
+    in_flight.add(path)
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
+        in_flight.discard(path)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         os.close(fd)
@@ -279,6 +294,7 @@ class OwnedDir:
         stage = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.path))
         os.chmod(stage, 0o777 & ~_UMASK)
         fd = _locked_fd(stage)  # live while we hold it: a concurrent sweep leaves it alone
+        in_flight.add(stage)
         try:
             yield stage
             staged = sorted(str(p.relative_to(stage)) for p in stage.rglob("*") if p.is_file())
@@ -302,6 +318,7 @@ class OwnedDir:
                         (self.path / rel).parent.rmdir()
             self._update({rel: {"sha256": sha, "by": self.producer} for rel, sha in new.items()}, removed=stale)
         finally:
+            in_flight.discard(stage)
             shutil.rmtree(stage, ignore_errors=True)
             if fd is not None:
                 os.close(fd)

@@ -1,0 +1,66 @@
+"""Class 2 of issue 17: a signal stops everything the command started. Real processes, real signals:
+`kill -TERM` to `vae-export train --nproc 2` mid-run, with one rank stopped (so the other waits in a
+collective, where Python's signal handler never runs), then a look at /proc for anything left."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from vae_export.checkpoint import load_checkpoint
+
+EXE = Path(sys.executable).parent / "vae-export"
+
+
+def marked_pids(marker: str) -> list[int]:
+    """Live processes that carry this test's marker in their environment (the whole tree inherits it)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if (proc.name.isdigit() and f"VAE_EXPORT_TEST_RUN={marker}".encode() in (proc / "environ").read_bytes()
+                    and (proc / "stat").read_text().rpartition(")")[2].split()[0] != "Z"):
+                pids.append(int(proc.name))
+        except OSError:
+            pass
+    return pids
+
+
+def test_sigterm_to_train_nproc_stops_every_rank_and_leaves_no_file(mnist_root, tmp_path):
+    run, marker = tmp_path / "run", uuid.uuid4().hex
+    env = {**os.environ, "VAE_EXPORT_TEST_RUN": marker, "OMP_NUM_THREADS": "1", "VAE_EXPORT_STOP_GRACE": "4"}
+    argv = [str(EXE), "train", "--nproc", "2", "--device", "cpu", "--limit", "600", "--batch-size", "100",
+            "--epochs", "1000", "--data-dir", str(mnist_root), "--out", str(run), "-q"]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 150
+        while not ((run / "metrics.jsonl").exists() and (run / "metrics.jsonl").read_text().count("\n") >= 2):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate(timeout=10)
+            time.sleep(0.2)
+        ranks = {int(dict(v.split("=", 1) for v in Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0")
+                          if "=" in v).get("RANK", -1)): pid for pid in marked_pids(marker)}
+        os.kill(ranks[1], signal.SIGSTOP)          # rank 1 cannot react; rank 0 now waits for it in a collective
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+        seconds = time.monotonic() - t0
+        left = marked_pids(marker)
+    finally:
+        for pid in marked_pids(marker):
+            os.kill(pid, signal.SIGKILL)
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 143, stderr
+    assert left == [], f"processes of the run outlived it: {left}"
+    assert stderr.strip().splitlines() == ["terminated"], stderr
+    assert seconds < 4 + 20, seconds                # the grace period, not torchrun's 30 s or the 10-minute timeout
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == [".vae-export-files.json"]  # no lock, no temp
+    state = load_checkpoint(run / "checkpoint.pt")  # the last good checkpoint, whole
+    assert state["epoch"] == len(state["metrics"]) >= 2
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()][:2] == [1, 2]
