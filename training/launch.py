@@ -144,14 +144,14 @@ def _one_line(failures: dict, errors: Path) -> str:
 def main(argv: list[str]) -> int:
     """The launcher: torchrun's agent in this process, its report reduced to one line in ERRORS_ENV."""
     die_with_parent()
-    os.environ.setdefault("LOGLEVEL", "ERROR")   # torchrun's warnings and report: one line from us instead
+    os.environ.setdefault("LOGLEVEL", "CRITICAL")   # torchrun's warnings and report (its elastic loggers): one line from us instead
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
     for name in list(logging.root.manager.loggerDict):
         if name.startswith("torch.distributed"):
-            logging.getLogger(name).setLevel(logging.ERROR)
+            logging.getLogger(name).setLevel(logging.CRITICAL)
 
     errors = Path(os.environ[ERRORS_ENV])
     nproc, args = argv[0], argv[1:]
