@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -64,3 +65,42 @@ def test_sigterm_to_train_nproc_stops_every_rank_and_leaves_no_file(mnist_root, 
     state = load_checkpoint(run / "checkpoint.pt")  # the last good checkpoint, whole
     assert state["epoch"] == len(state["metrics"]) >= 2
     assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()][:2] == [1, 2]
+
+
+STUCK_RANK = """
+import torch
+from vae_export.cli.common import _sigterm_raises   # the handler every command runs under
+from vae_export.training import distributed
+with _sigterm_raises():
+    distributed.setup(torch.device("cpu"))           # rank 0 of 2: waits in rendezvous for a peer that never comes
+"""
+
+
+def test_a_rank_stuck_in_rendezvous_ends_on_sigterm(tmp_path):
+    """Python's handler never runs while the main thread waits in C++ (torch's 10-minute rendezvous
+    timeout); the rank must still end on SIGTERM, within half the grace period."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(port), "VAE_EXPORT_STOP_GRACE": "2"}
+    proc = subprocess.Popen([sys.executable, "-c", STUCK_RANK], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while not _listening(port):                    # rank 0 hosts the store: it is in rendezvous now
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate(timeout=10)
+            time.sleep(0.2)
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 143 and stderr.strip().splitlines()[-1] == "terminated", stderr
+    assert time.monotonic() - t0 < 1 + 10, "the rank waited for the rendezvous timeout"
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0

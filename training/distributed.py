@@ -91,6 +91,8 @@ def exit_when_stuck(grace: float) -> None:
             pass
         time.sleep(grace)
         files.remove_in_flight()
+        if not os.environ.get(launch.ERRORS_ENV):   # under `train --nproc` the CLI says it, once
+            os.write(2, b"terminated\n" if sig == signal.SIGTERM else b"interrupted\n")
         os._exit(128 + sig)
 
     threading.Thread(target=watch, name="exit-when-stuck", daemon=True).start()
