@@ -130,21 +130,26 @@ def _descendants() -> list[int]:
 
 
 def _one_line(failures: dict, errors: Path) -> str:
-    """The root cause among the failed ranks: one killed by a signal, else the earliest error line."""
-    def line(rank: int) -> tuple[float, str]:
+    """The root cause among the failed ranks. The agent stops the survivors with SIGTERM and their
+    peers fail in collectives after it, so: a rank killed by another signal (SIGKILL: the OOM killer,
+    SIGSEGV...), else the earliest error line a rank wrote itself, else what is known."""
+    def rank_of(rank: int) -> tuple[int, float, str]:
         failure, own = failures[rank], errors / f"rank-{rank}"
-        if failure.exitcode < 0:
-            return 0.0, f"process {rank} was killed by {failure.signal_name()}"
+        if failure.exitcode < 0 and -failure.exitcode not in (signal.SIGTERM, signal.SIGINT):
+            return 0, 0.0, f"process {rank} was killed by {failure.signal_name()}"
         if own.exists():
-            return own.stat().st_mtime, f"process {rank}: {own.read_text().strip()}"
-        return float("inf"), f"process {rank} exited with code {failure.exitcode}"
-    return min((line(rank) for rank in failures), key=lambda t: t[0])[1]
+            return 1, own.stat().st_mtime, f"process {rank}: {own.read_text().strip()}"
+        if failure.exitcode < 0:
+            return 2, 0.0, f"process {rank} was stopped by {failure.signal_name()}"
+        return 3, 0.0, f"process {rank} exited with code {failure.exitcode}"
+    return min(rank_of(rank) for rank in failures)[2]
 
 
 def main(argv: list[str]) -> int:
     """The launcher: torchrun's agent in this process, its report reduced to one line in ERRORS_ENV."""
     die_with_parent()
     os.environ.setdefault("LOGLEVEL", "CRITICAL")   # torchrun's warnings and report (its elastic loggers): one line from us instead
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")   # the ranks' C++ logs (Gloo's "connectFullMesh failed")
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
