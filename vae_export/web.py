@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import ArtifactError, UsageError, VaeExportError, first_line
-from .files import OwnedDir, write_json
+from .files import OwnedDir, check_writable, write_json
 from .latents import manifold_latents
 from .runtime import Decoder
 
@@ -54,7 +54,7 @@ def build_site(export_dir: str | os.PathLike, out_dir: str | os.PathLike, ort_di
     if out_dir.resolve() == export_dir.resolve():
         raise UsageError(f"--out {out_dir} is the export folder {export_dir}; choose another folder for the site")
     names = [*PAGE, "decoder.json", *models, *(f"ort/{name}" for name in ORT_FILES), SITE_MARK]
-    folder = OwnedDir(out_dir, PRODUCER)
+    folder = OwnedDir(check_writable(out_dir, folder=True), PRODUCER)
     folder.check(names)                   # before fetching anything: a file of the user's where ours would go
     ort_dist = ort_dist or onnxruntime_web()
     with folder.rebuild() as stage:       # only the files the ledger lists as ours are replaced or removed
