@@ -40,7 +40,7 @@ def test_sigterm_to_train_nproc_stops_every_rank_and_leaves_no_file(mnist_root, 
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 150
-        while not ((run / "metrics.jsonl").exists() and (run / "metrics.jsonl").read_text().count("\n") >= 2):
+        while not ((run / "metrics.jsonl").exists() and (run / "metrics.jsonl").read_text().count("\n") >= 1):
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate(timeout=10)
             time.sleep(0.2)
         ranks = {int(dict(v.split("=", 1) for v in Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0")
@@ -63,8 +63,8 @@ def test_sigterm_to_train_nproc_stops_every_rank_and_leaves_no_file(mnist_root, 
     assert seconds < 4 + 20, seconds                # the grace period, not torchrun's 30 s or the 10-minute timeout
     assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == [".vae-export-files.json"]  # no lock, no temp
     state = load_checkpoint(run / "checkpoint.pt")  # the last good checkpoint, whole
-    assert state["epoch"] == len(state["metrics"]) >= 2
-    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()][:2] == [1, 2]
+    assert state["epoch"] == len(state["metrics"]) >= 1
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == list(range(1, state["epoch"] + 1))
 
 
 STUCK_RANK = """
