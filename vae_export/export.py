@@ -88,6 +88,8 @@ def metadata(config: VAEConfig, checkpoint: dict[str, Any], checkpoint_sha256: s
         "dataset": checkpoint.get("settings", {}).get("dataset"),
         "dataset_description": checkpoint.get("data", {}).get("description"), "epochs_trained": checkpoint.get("epoch"),
         "test_loss": metrics[-1].get("test_loss"), "opset": opset, "checkpoint_sha256": checkpoint_sha256,
+        # OpenCV's dnn returns the encoder's outputs as logvar, mu when asked for all of them
+        "read_outputs": "by name",
     }
 
 
@@ -133,6 +135,14 @@ def onnx_proto(module: nn.Module, spec: ExportSpec, config: VAEConfig, opset: in
         value.type.tensor_type.shape.dim[0].dim_param = BATCH_AXIS
     proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
     onnx.checker.check_model(proto, full_check=True)
+    return portable(proto)
+
+
+def portable(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop the inferred shapes of intermediate values: they pin every one of them to the symbolic
+    `batch_size`, so a runtime that fixes the batch (tract's `set_input_fact(0, "1000,20,f32")`)
+    fails with "Impossible to unify Val(1000) with Sym(batch_size)". Every runtime infers them again."""
+    del proto.graph.value_info[:]
     return proto
 
 
@@ -256,7 +266,33 @@ def _fp16_proto(plain: onnx.ModelProto, latents: np.ndarray, tmp_dir: Path) -> o
     nodes = sorted(proto.graph.node, key=lambda n: not (n.op_type == "Cast" and n.input[0] in inputs))
     del proto.graph.node[:]
     proto.graph.node.extend(nodes)
+    proto = _gemm_as_matmul_add(proto)
     onnx.checker.check_model(proto, full_check=True)
+    return portable(proto)
+
+
+def _gemm_as_matmul_add(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Gemm(x, W, b, transB) -> Add(MatMul(x, W^T), b) with W stored transposed: the same numbers in
+    onnxruntime (bit-identical here), and tract 0.23 runs it, whereas its fp16 Gemm fails to load
+    ("Translating node ... Gemm ToTypedTranslator": an F16/F32 type mismatch in its Gemm expansion)."""
+    weights = {t.name: t for t in proto.graph.initializer}
+    uses = [i for n in proto.graph.node for i in n.input]
+    nodes = []
+    for node in proto.graph.node:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        plain = attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0 and not attrs.get("transA", 0)
+        if node.op_type != "Gemm" or not plain or node.input[1] not in weights or uses.count(node.input[1]) > 1:
+            nodes.append(node)
+            continue
+        if attrs.get("transB", 0):
+            w = weights[node.input[1]]
+            w.CopyFrom(onnx.numpy_helper.from_array(np.ascontiguousarray(onnx.numpy_helper.to_array(w).T), w.name))
+        product = f"{node.output[0]}_matmul" if len(node.input) > 2 else node.output[0]
+        nodes.append(onnx.helper.make_node("MatMul", node.input[:2], [product], name=f"{node.name}_matmul"))
+        if len(node.input) > 2:
+            nodes.append(onnx.helper.make_node("Add", [product, node.input[2]], [node.output[0]], name=f"{node.name}_add"))
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
     return proto
 
 
@@ -285,7 +321,7 @@ def _int8_proto(plain: onnx.ModelProto, latents: np.ndarray, tmp_dir: Path) -> o
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
                             nodes_to_exclude=keep_float, extra_options={
                                 "OpTypesToExcludeOutputQuantization": ["Gemm", "MatMul", "Conv", "ConvTranspose"]})
-        return onnx.load(f"{tmp}/q.onnx")
+        return portable(onnx.load(f"{tmp}/q.onnx"))
 
 
 def _error_vs(base: Path, proto: onnx.ModelProto, latents: np.ndarray) -> dict[str, Any]:
