@@ -11,16 +11,18 @@ runs decoder.onnx with the bf16 hint, a lossy precision of its own whose cost is
 
 from __future__ import annotations
 
+import os
+import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import ArtifactError, ProviderUnavailable, first_line
+from .errors import ArtifactError, ProviderUnavailable, UsageError, first_line
+from .runtime import OUTPUT_DTYPES, Decoder, decoder_path, read_metadata
 
 INSTALL = "pip install 'vae-export[runtimes]'  (or: pip install openvino)"
-HINTS = {"fp32": "f32", "int8": "f32", "bf16": "bf16"}    # runtime precision -> INFERENCE_PRECISION_HINT
-FILES = {"fp32": "decoder.onnx", "int8": "decoder.int8.onnx", "bf16": "decoder.onnx"}
+HINTS = {"fp32": "f32", "fp16": "f32", "int8": "f32", "bf16": "bf16"}  # precision -> INFERENCE_PRECISION_HINT
 
 
 def openvino():
@@ -31,12 +33,12 @@ def openvino():
     return ov
 
 
-def compile_model(path: str | Path, hint: str = "f32", threads: int | None = None, latency: bool = False):
+def compile_model(path: str | Path, hint: str = "f32", threads: int | None = None):
     """The file compiled for the CPU with an explicit inference precision ("f32" or "bf16"), never the
-    default. `latency` asks for one stream (batch-1 decoding) instead of throughput streams."""
+    default. LATENCY: one stream on all cores, since we run one request at a time (THROUGHPUT would
+    split the cores into streams that only concurrent requests use)."""
     ov = openvino()
-    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": hint,
-                              "PERFORMANCE_HINT": "LATENCY" if latency else "THROUGHPUT"}
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
     try:
@@ -49,11 +51,58 @@ def compile_model(path: str | Path, hint: str = "f32", threads: int | None = Non
 class OpenVINOSession:
     """Runs a vae-export ONNX file through OpenVINO; outputs are read by name."""
 
-    def __init__(self, path: str | Path, precision: str = "fp32", threads: int | None = None, latency: bool = False):
-        self.compiled = compile_model(path, HINTS[precision], threads, latency)
+    def __init__(self, path: str | Path, precision: str = "fp32", threads: int | None = None):
+        self.compiled = compile_model(path, HINTS[precision], threads)
         self.request = self.compiled.create_infer_request()   # reused: no per-call request set-up
         self.input = self.compiled.input(0)
 
     def run(self, names: list[str], x: np.ndarray) -> list[np.ndarray]:
         results = self.request.infer({self.input: x}, share_inputs=True, share_outputs=False)
         return [results[self.compiled.output(name)] for name in names]
+
+
+class OpenVINODecoder(Decoder):
+    """`Decoder(path, provider="openvino", precision=...)`: the same interface, latents and seeded
+    samples as the onnxruntime decoder, computed by OpenVINO's CPU plugin. `precision` fp32, fp16 or
+    int8 runs that file with the f32 hint; bf16 runs decoder.onnx with the bf16 hint."""
+
+    def __init__(self, path: str | os.PathLike, provider: str = "openvino", threads: int | None = None,
+                 precision: str | None = None):
+        if precision not in (None, *HINTS):
+            raise UsageError(f"unknown precision {precision!r} for OpenVINO; expected {', '.join(HINTS)}")
+        self.path = decoder_path(path, "fp32" if precision == "bf16" else precision)
+        self.metadata = read_metadata(self.path)
+        variant = self.metadata.get("variant", "fp32")
+        if precision not in (None, "bf16", variant) or (precision == "bf16" and variant != "fp32"):
+            raise ArtifactError(f"{self.path} holds the {variant!r} variant, not what --precision {precision} runs")
+        self.precision = precision or variant
+        self.threads = threads
+        self._session = OpenVINOSession(self.path, self.precision, threads)
+        self.provider = f"OpenVINO CPU ({HINTS[self.precision]})"
+        self._latent_shape = (self.latent_dim,)
+        self._lock = threading.Lock()
+        ports = [*self._session.compiled.inputs, *self._session.compiled.outputs]
+        names = [sorted(port.get_names()) for port in ports]             # a port may carry several names
+        if len(ports) != 2 or not all(want in got for want, got in zip((*self.inputs, *self.outputs), names)) \
+                or self.metadata.get("role") != self.role:
+            raise ArtifactError(f"{self.path} is not a vae-export decoder: its inputs and outputs are {names}")
+
+    def session_for(self, batch: int, dtype: str = "float32"):
+        return self._session
+
+    def _run(self, z: np.ndarray, out: np.ndarray | None = None, dtype: str = "float32") -> np.ndarray:
+        from .sampling import to_dtype
+
+        if dtype not in OUTPUT_DTYPES:
+            raise UsageError(f"dtype must be one of {', '.join(OUTPUT_DTYPES)}, got {dtype!r}")
+        shape = (len(z), *self.image_shape)
+        if out is not None and (out.shape != shape or out.dtype != OUTPUT_DTYPES[dtype]):
+            raise UsageError(f"out must be a {dtype} array of shape {shape}")
+        with self._lock:                       # one infer request, reused: not safe to share between threads
+            images = self._session.run(["sample"], z)[0]
+        if dtype == "uint8":
+            return to_dtype(images, np.uint8, out)
+        if out is None:
+            return images
+        np.copyto(out, images)
+        return out
