@@ -210,7 +210,7 @@ def write_manifest(out_dir: str | Path) -> Path:
 
 def export_decoder_variants(out_dir: str | Path, fp16: bool = False, int8: bool = False,
                             latents: np.ndarray | None = None, model: VAE | None = None,
-                            test_images: np.ndarray | None = None) -> list[Written]:
+                            test_images: np.ndarray | None = None, bf16: bool = False) -> list[Written]:
     """Reduced-precision copies of decoder.onnx with float32 I/O, each recording in its metadata its
     pixel error against decoder.onnx on `latents` (real ones: see `calibration_latents`) and, given
     the `model` and `test_images`, its test-loss cost in nats/image (quality.py):
@@ -218,7 +218,10 @@ def export_decoder_variants(out_dir: str | Path, fp16: bool = False, int8: bool 
     - int8: static QDQ quantization, int8 weights per output channel, uint8 activations with ranges
       calibrated on `latents`. Static, not dynamic: dynamic quantization takes each batch's own
       activation range, so a sample would change with the batch it was decoded in; it measured no
-      faster here.
+      faster here;
+    - bf16: no file, a precision of OpenVINO's (`Decoder(..., provider="openvino", precision="bf16")`
+      runs decoder.onnx in bf16): its error and cost are measured the same way and recorded in
+      decoder.onnx's metadata and decoder.json as `openvino_bf16`.
     """
     out_dir = Path(out_dir)
     base = artifact_path(out_dir, "decoder", "onnx")
@@ -242,8 +245,49 @@ def export_decoder_variants(out_dir: str | Path, fp16: bool = False, int8: bool 
             error["test_loss_cost_nats"] = variant_costs(model, out_dir, test_images, [variant])[variant]
             set_metadata(proto, {**meta, "variant": variant, "error_vs_fp32": error})
             save_onnx(proto, path)
+        check_cost(path.name, error)
         written.append(Written(path, time.perf_counter() - t0))
+    if bf16:
+        _record_openvino_bf16(out_dir, base, plain, meta, latents, model, test_images)
     return written
+
+
+def _record_openvino_bf16(out_dir: Path, base: Path, plain: onnx.ModelProto, meta: dict[str, Any], latents: np.ndarray,
+                          model: VAE | None, test_images: np.ndarray | None) -> None:
+    """OpenVINO's bf16 precision of decoder.onnx, measured against onnxruntime fp32 and bounded like a variant."""
+    import onnxruntime as ort
+
+    from .openvino_backend import OpenVINODecoder
+
+    decoder = OpenVINODecoder(out_dir, precision="bf16")
+    want = ort.InferenceSession(str(base), providers=["CPUExecutionProvider"]).run(None, {"latent_sample": latents})[0]
+    diff = np.abs(decoder.decode(latents).astype(np.float64) - want)
+    error = {"precision": "bf16", "max_abs": float(diff.max()), "mean_abs": float(diff.mean()), "latents": len(latents)}
+    if model is not None and test_images is not None:
+        from .quality import decoder_test_loss
+
+        error["test_loss_cost_nats"] = (decoder_test_loss(model, decoder, test_images)["test_loss"]
+                                        - decoder_test_loss(model, base, test_images)["test_loss"])
+    check_cost("decoder.onnx in OpenVINO bf16", error)
+    set_metadata(plain, {**meta, "openvino_bf16": error})
+    save_onnx(plain, base)
+    write_json(out_dir / "decoder.json", {**meta, "openvino_bf16": error})
+
+
+def check_cost(name: str, error: dict[str, Any]) -> None:
+    """A lossy decoder is refused for what it costs: its test loss in nats/image over fp32's, and its
+    mean pixel error, each against its bound (parity.VARIANT_COST_NATS, VARIANT_MEAN)."""
+    from .errors import ParityError
+    from .parity import VARIANT_COST_NATS, VARIANT_MEAN
+
+    variant = name.split(".")[1] if name.count(".") > 1 else error.get("precision", "")
+    cost, bound = error.get("test_loss_cost_nats"), VARIANT_COST_NATS[variant]
+    if cost is not None and cost > bound:
+        raise ParityError(f"{name} costs {cost:+.3f} nats/image of test loss, over its {variant} bound of "
+                          f"{bound} (mean pixel error {error['mean_abs']:.1e}, worst pixel {error['max_abs']:.2f})")
+    if error["mean_abs"] > VARIANT_MEAN[variant]:
+        raise ParityError(f"{name}: mean pixel error {error['mean_abs']:.1e} is over its {variant} bound of "
+                          f"{VARIANT_MEAN[variant]:g} (worst pixel {error['max_abs']:.2f})")
 
 
 def calibration_latents(model: VAE, images: torch.Tensor, seed: int = 0) -> np.ndarray:
