@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ArtifactError, ProviderUnavailable, UsageError, first_line
+from .onnx_wire import UINT8_OUTPUT, with_uint8_output
 from .runtime import OUTPUT_DTYPES, Decoder, decoder_path, read_metadata
 
 INSTALL = "pip install 'vae-export[runtimes]'  (or: pip install openvino)"
@@ -33,31 +34,37 @@ def openvino():
     return ov
 
 
-def compile_model(path: str | Path, hint: str = "f32", threads: int | None = None):
+def compile_model(path: str | Path, hint: str = "f32", threads: int | None = None, uint8: bool = False):
     """The file compiled for the CPU with an explicit inference precision ("f32" or "bf16"), never the
     default. LATENCY: one stream on all cores, since we run one request at a time (THROUGHPUT would
-    split the cores into streams that only concurrent requests use)."""
+    split the cores into streams that only concurrent requests use). `uint8`: a decoder whose only
+    output is round(255 x) computed in the graph (onnx_wire.with_uint8_output), as onnxruntime's is."""
     ov = openvino()
     config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
     try:
         core = ov.Core()
-        return core.compile_model(core.read_model(str(path)), "CPU", config)
+        if not uint8:
+            return core.compile_model(core.read_model(str(path)), "CPU", config)
+        model = core.read_model(with_uint8_output(Path(path).read_bytes()))
+        pixels = [r for r in model.get_results() if UINT8_OUTPUT in r.output(0).get_names()]
+        return core.compile_model(ov.Model(pixels, model.get_parameters(), "decoder_uint8"), "CPU", config)
     except Exception as e:  # noqa: BLE001 - OpenVINO raises RuntimeError with its own multi-line text
         raise ArtifactError(f"{path}: OpenVINO cannot load it ({first_line(e, 200)})") from None
 
 
 class OpenVINOSession:
-    """Runs a vae-export ONNX file through OpenVINO; outputs are read by name."""
+    """Runs a vae-export ONNX file through OpenVINO with one reused infer request; outputs read by name."""
 
-    def __init__(self, path: str | Path, precision: str = "fp32", threads: int | None = None):
-        self.compiled = compile_model(path, HINTS[precision], threads)
+    def __init__(self, path: str | Path, precision: str = "fp32", threads: int | None = None, uint8: bool = False):
+        self.compiled = compile_model(path, HINTS[precision], threads, uint8)
         self.request = self.compiled.create_infer_request()   # reused: no per-call request set-up
         self.input = self.compiled.input(0)
 
-    def run(self, names: list[str], x: np.ndarray) -> list[np.ndarray]:
-        results = self.request.infer({self.input: x}, share_inputs=True, share_outputs=False)
+    def run(self, names: list[str], x: np.ndarray, copy: bool = True) -> list[np.ndarray]:
+        """copy=False returns views of the request's own buffers, valid until its next run."""
+        results = self.request.infer({self.input: x}, share_inputs=True, share_outputs=not copy)
         return [results[self.compiled.output(name)] for name in names]
 
 
@@ -78,6 +85,7 @@ class OpenVINODecoder(Decoder):
         self.precision = precision or variant
         self.threads = threads
         self._session = OpenVINOSession(self.path, self.precision, threads)
+        self._uint8: OpenVINOSession | None = None       # compiled on first uint8 decode
         self.provider = f"OpenVINO CPU ({HINTS[self.precision]})"
         self._latent_shape = (self.latent_dim,)
         self._lock = threading.Lock()
@@ -87,22 +95,21 @@ class OpenVINODecoder(Decoder):
                 or self.metadata.get("role") != self.role:
             raise ArtifactError(f"{self.path} is not a vae-export decoder: its inputs and outputs are {names}")
 
-    def session_for(self, batch: int, dtype: str = "float32"):
-        return self._session
+    def session_for(self, batch: int, dtype: str = "float32") -> OpenVINOSession:
+        if dtype == "uint8" and self._uint8 is None:
+            self._uint8 = OpenVINOSession(self.path, self.precision, self.threads, uint8=True)
+        return self._uint8 if dtype == "uint8" else self._session
 
     def _run(self, z: np.ndarray, out: np.ndarray | None = None, dtype: str = "float32") -> np.ndarray:
-        from .sampling import to_dtype
-
         if dtype not in OUTPUT_DTYPES:
             raise UsageError(f"dtype must be one of {', '.join(OUTPUT_DTYPES)}, got {dtype!r}")
         shape = (len(z), *self.image_shape)
         if out is not None and (out.shape != shape or out.dtype != OUTPUT_DTYPES[dtype]):
             raise UsageError(f"out must be a {dtype} array of shape {shape}")
-        with self._lock:                       # one infer request, reused: not safe to share between threads
-            images = self._session.run(["sample"], z)[0]
-        if dtype == "uint8":
-            return to_dtype(images, np.uint8, out)
-        if out is None:
-            return images
-        np.copyto(out, images)
-        return out
+        with self._lock:                       # one infer request per output, reused: not thread-safe
+            session = self.session_for(len(z), dtype)
+            images = session.run([UINT8_OUTPUT if dtype == "uint8" else "sample"], z, copy=False)[0]
+            if out is None:
+                return images.copy()
+            np.copyto(out, images)
+            return out
