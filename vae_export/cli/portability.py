@@ -54,4 +54,4 @@ def portability(
     if failed:
         raise ParityError(f"{len(failed)} of {len(rows)} rows failed: "
                           + ", ".join(f"{r.file} in {r.runtime}" for r in failed[:4]) + ("..." if len(failed) > 4 else ""))
-    out.print(f"portability: {len(rows)} rows, none failed ({len(chosen) - len(missing)} runtimes installed of {len(chosen)})")
+    (out if fmt == Format.table else err).print(f"portability: {len(rows)} rows, none failed ({len(chosen) - len(missing)} runtimes installed of {len(chosen)})")
