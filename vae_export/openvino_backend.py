@@ -88,8 +88,9 @@ class OpenVINODecoder(Decoder):
         self.provider = f"OpenVINO CPU ({HINTS[self.precision]})"
         self._latent_shape = (self.latent_dim,)
         self._lock = threading.Lock()
+        ov = openvino()
         try:
-            model = openvino().Core().read_model(str(self.path))
+            model = ov.Core().read_model(str(self.path))
         except Exception as e:  # noqa: BLE001 - OpenVINO raises RuntimeError with its own multi-line text
             raise ArtifactError(f"{self.path}: OpenVINO cannot load it ({first_line(e, 200)})") from None
         names = [sorted(port.get_names()) for port in [*model.inputs, *model.outputs]]  # a port may have several
