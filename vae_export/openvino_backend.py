@@ -11,6 +11,7 @@ runs decoder.onnx with the bf16 hint, a lossy precision of its own whose cost is
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from pathlib import Path
@@ -20,7 +21,8 @@ import numpy as np
 
 from .errors import ArtifactError, ProviderUnavailable, UsageError, first_line
 from .onnx_wire import UINT8_OUTPUT, with_uint8_output
-from .runtime import OUTPUT_DTYPES, Decoder, decoder_path, read_metadata
+from .provenance import same_model
+from .runtime import OUTPUT_DTYPES, Decoder, _read_json, _read_model, decoder_path, read_metadata
 
 INSTALL = "pip install 'vae-export[runtimes]'  (or: pip install openvino)"
 HINTS = {"fp32": "f32", "fp16": "f32", "int8": "f32", "bf16": "bf16"}  # precision -> INFERENCE_PRECISION_HINT
@@ -83,6 +85,11 @@ class OpenVINODecoder(Decoder):
         if precision not in (None, "bf16", variant) or (precision == "bf16" and variant != "fp32"):
             raise ArtifactError(f"{self.path} holds the {variant!r} variant, not what --precision {precision} runs")
         self.precision = precision or variant
+        sidecar = self.path.with_name("decoder.json")
+        if self.path != Path(path) and sidecar.is_file():   # a variant picked from an export folder: of its model
+            same_model([(sidecar, _read_json(sidecar)), (self.path, self.metadata)],
+                       f"the folder's {variant} variant must be its own model's")
+        self.sha256 = hashlib.sha256(_read_model(self.path)).hexdigest()   # what sample files record of their decoder
         self.threads = threads
         self._sessions: dict[str, OpenVINOSession] = {}     # dtype -> compiled on first use (0.2-0.5 s each)
         self.provider = f"OpenVINO CPU ({HINTS[self.precision]})"
