@@ -63,7 +63,10 @@ TRAIN_BLOCKS = 5      # timed blocks of `train_steps` steps, after one untimed w
 TOLERANCES = {"eager": 1e-6, "torchscript": 1e-6, "pt2": 1e-6, "aoti": 1e-5, "aoti-native": 1e-5, "torch.compile": 1e-5, "onnxruntime-cpu": 1e-5,
               "onnxruntime-cpu-session": 1e-5, "eager-cuda": 1e-4, "onnxruntime-cuda": 1e-4,
               "onnxruntime-cuda-iobinding": 1e-4, "eager-bf16": 5e-2,
-              **{f"onnxruntime-cpu-{v}": bound for v, (bound, _) in VARIANT_TOLERANCES.items()}}
+              **{f"onnxruntime-cpu-{v}": bound for v, (bound, _) in VARIANT_TOLERANCES.items()},
+              # OpenVINO (the `runtimes` extra), f32 hint on the float32 file, int8 like onnxruntime's,
+              # bf16 hint like eager bf16 (measured max 1e-2, mean 2.3e-4 on the mlp decoder)
+              "openvino-fp32": 1e-5, "openvino-int8": VARIANT_TOLERANCES["int8"][0], "openvino-bf16": 5e-2}
 CPU_FEATURES = ("avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16", "amx_bf16")  # int8/bf16 units
 ROLES = {"decode": "decoder", "encode": "encoder"}
 Call = Callable[[], Any]
@@ -193,6 +196,8 @@ def _backends(model: VAE, role: str, folder: Path, providers: Sequence[str],
             for v in VARIANT_TOLERANCES:
                 makers[f"onnxruntime-cpu-{v}"] = lambda v=v: _runtime_backend(
                     f"onnxruntime-cpu-{v}", runtime.Decoder(folder, "cpu", precision=v), role)
+            for v in ("fp32", "int8", "bf16"):      # skipped, with the install line, without OpenVINO
+                makers[f"openvino-{v}"] = lambda v=v: _openvino_backend(runtime.Decoder(folder, "openvino", precision=v), v)
     if "cuda" in providers:
         makers["eager-cuda"] = lambda: Backend("eager-cuda", "cuda", _torch_call(
             copy.deepcopy(eager).to("cuda"), "cuda"), lambda b: None)
@@ -228,6 +233,12 @@ def _runtime_backend(name: str, net: runtime.Decoder | runtime.Encoder, role: st
     session = net.session_for if role == "decoder" else (lambda b: net.session)  # the decoder picks by batch size
     return Backend(name, "cpu" if on_cpu else "cuda", lambda x: lambda: run(x),
                    lambda b: session(b).get_session_options().intra_op_num_threads if on_cpu else None)
+
+
+def _openvino_backend(net: runtime.Decoder, precision: str) -> Backend:
+    """The OpenVINO decoder as applications use it (runtime.Decoder(..., provider="openvino"))."""
+    threads = net.threads or runtime.physical_cores()
+    return Backend(f"openvino-{precision}", "cpu", lambda x: lambda: net.decode(x), lambda b: threads)
 
 
 def _session_backend(path: Path) -> Backend:

@@ -100,6 +100,8 @@ def metadata(config: VAEConfig, checkpoint: dict[str, Any], checkpoint_sha256: s
         "dataset_description": checkpoint.get("data", {}).get("description"), "epochs_trained": checkpoint.get("epoch"),
         "test_loss": metrics[-1].get("test_loss"), "opset": opset, "checkpoint_sha256": checkpoint_sha256,
         **({"legacy": "torch.jit is deprecated upstream: prefer pt2 or aoti"} if FORMATS[fmt].get("legacy") else {}),
+        # OpenCV's dnn returns the encoder's outputs as logvar, mu when asked for all of them
+        "read_outputs": "by name",
     }
 
 
@@ -145,6 +147,14 @@ def onnx_proto(module: nn.Module, spec: ExportSpec, config: VAEConfig, opset: in
         value.type.tensor_type.shape.dim[0].dim_param = BATCH_AXIS
     proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
     onnx.checker.check_model(proto, full_check=True)
+    return portable(proto)
+
+
+def portable(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop the inferred shapes of intermediate values: they pin every one of them to the symbolic
+    `batch_size`, so a runtime that fixes the batch (tract's `set_input_fact(0, "1000,20,f32")`)
+    fails with "Impossible to unify Val(1000) with Sym(batch_size)". Every runtime infers them again."""
+    del proto.graph.value_info[:]
     return proto
 
 
@@ -233,7 +243,7 @@ def write_manifest(out_dir: str | Path) -> Path:
 
 def export_decoder_variants(out_dir: str | Path, fp16: bool = False, int8: bool = False,
                             latents: np.ndarray | None = None, model: VAE | None = None,
-                            test_images: np.ndarray | None = None) -> list[Written]:
+                            test_images: np.ndarray | None = None, bf16: bool = False) -> list[Written]:
     """Reduced-precision copies of decoder.onnx with float32 I/O, each recording in its metadata its
     pixel error against decoder.onnx on `latents` (real ones: see `calibration_latents`) and, given
     the `model` and `test_images`, its test-loss cost in nats/image (quality.py):
@@ -241,7 +251,10 @@ def export_decoder_variants(out_dir: str | Path, fp16: bool = False, int8: bool 
     - int8: static QDQ quantization, int8 weights per output channel, uint8 activations with ranges
       calibrated on `latents`. Static, not dynamic: dynamic quantization takes each batch's own
       activation range, so a sample would change with the batch it was decoded in; it measured no
-      faster here.
+      faster here;
+    - bf16: no file, a precision of OpenVINO's (`Decoder(..., provider="openvino", precision="bf16")`
+      runs decoder.onnx in bf16): its error and cost are measured the same way and recorded in
+      decoder.onnx's metadata and decoder.json as `openvino_bf16`.
     """
     out_dir = Path(out_dir)
     base = artifact_path(out_dir, "decoder", "onnx")
@@ -265,8 +278,49 @@ def export_decoder_variants(out_dir: str | Path, fp16: bool = False, int8: bool 
             error["test_loss_cost_nats"] = variant_costs(model, out_dir, test_images, [variant])[variant]
             set_metadata(proto, {**meta, "variant": variant, "error_vs_fp32": error})
             save_onnx(proto, path)
+        check_cost(path.name, error)
         written.append(Written(path, time.perf_counter() - t0))
+    if bf16:
+        _record_openvino_bf16(out_dir, base, plain, meta, latents, model, test_images)
     return written
+
+
+def _record_openvino_bf16(out_dir: Path, base: Path, plain: onnx.ModelProto, meta: dict[str, Any], latents: np.ndarray,
+                          model: VAE | None, test_images: np.ndarray | None) -> None:
+    """OpenVINO's bf16 precision of decoder.onnx, measured against onnxruntime fp32 and bounded like a variant."""
+    import onnxruntime as ort
+
+    from .openvino_backend import OpenVINODecoder
+
+    decoder = OpenVINODecoder(out_dir, precision="bf16")
+    want = ort.InferenceSession(str(base), providers=["CPUExecutionProvider"]).run(None, {"latent_sample": latents})[0]
+    diff = np.abs(decoder.decode(latents).astype(np.float64) - want)
+    error = {"precision": "bf16", "max_abs": float(diff.max()), "mean_abs": float(diff.mean()), "latents": len(latents)}
+    if model is not None and test_images is not None:
+        from .quality import decoder_test_loss
+
+        error["test_loss_cost_nats"] = (decoder_test_loss(model, decoder, test_images)["test_loss"]
+                                        - decoder_test_loss(model, base, test_images)["test_loss"])
+    check_cost("decoder.onnx in OpenVINO bf16", error)
+    set_metadata(plain, {**meta, "openvino_bf16": error})
+    save_onnx(plain, base)
+    write_json(out_dir / "decoder.json", {**meta, "openvino_bf16": error})
+
+
+def check_cost(name: str, error: dict[str, Any]) -> None:
+    """A lossy decoder is refused for what it costs: its test loss in nats/image over fp32's, and its
+    mean pixel error, each against its bound (parity.VARIANT_COST_NATS, VARIANT_MEAN)."""
+    from .errors import ParityError
+    from .parity import VARIANT_COST_NATS, VARIANT_MEAN
+
+    variant = name.split(".")[1] if name.count(".") > 1 else error.get("precision", "")
+    cost, bound = error.get("test_loss_cost_nats"), VARIANT_COST_NATS[variant]
+    if cost is not None and cost > bound:
+        raise ParityError(f"{name} costs {cost:+.3f} nats/image of test loss, over its {variant} bound of "
+                          f"{bound} (mean pixel error {error['mean_abs']:.1e}, worst pixel {error['max_abs']:.2f})")
+    if error["mean_abs"] > VARIANT_MEAN[variant]:
+        raise ParityError(f"{name}: mean pixel error {error['mean_abs']:.1e} is over its {variant} bound of "
+                          f"{VARIANT_MEAN[variant]:g} (worst pixel {error['max_abs']:.2f})")
 
 
 def calibration_latents(model: VAE, images: torch.Tensor, seed: int = 0) -> np.ndarray:
@@ -289,7 +343,33 @@ def _fp16_proto(plain: onnx.ModelProto, latents: np.ndarray, tmp_dir: Path) -> o
     nodes = sorted(proto.graph.node, key=lambda n: not (n.op_type == "Cast" and n.input[0] in inputs))
     del proto.graph.node[:]
     proto.graph.node.extend(nodes)
+    proto = _gemm_as_matmul_add(proto)
     onnx.checker.check_model(proto, full_check=True)
+    return portable(proto)
+
+
+def _gemm_as_matmul_add(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Gemm(x, W, b, transB) -> Add(MatMul(x, W^T), b) with W stored transposed: the same numbers in
+    onnxruntime (bit-identical here), and tract 0.23 runs it, whereas its fp16 Gemm fails to load
+    ("Translating node ... Gemm ToTypedTranslator": an F16/F32 type mismatch in its Gemm expansion)."""
+    weights = {t.name: t for t in proto.graph.initializer}
+    uses = [i for n in proto.graph.node for i in n.input]
+    nodes = []
+    for node in proto.graph.node:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        plain = attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0 and not attrs.get("transA", 0)
+        if node.op_type != "Gemm" or not plain or node.input[1] not in weights or uses.count(node.input[1]) > 1:
+            nodes.append(node)
+            continue
+        if attrs.get("transB", 0):
+            w = weights[node.input[1]]
+            w.CopyFrom(onnx.numpy_helper.from_array(np.ascontiguousarray(onnx.numpy_helper.to_array(w).T), w.name))
+        product = f"{node.output[0]}_matmul" if len(node.input) > 2 else node.output[0]
+        nodes.append(onnx.helper.make_node("MatMul", node.input[:2], [product], name=f"{node.name}_matmul"))
+        if len(node.input) > 2:
+            nodes.append(onnx.helper.make_node("Add", [product, node.input[2]], [node.output[0]], name=f"{node.name}_add"))
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
     return proto
 
 
@@ -318,7 +398,7 @@ def _int8_proto(plain: onnx.ModelProto, latents: np.ndarray, tmp_dir: Path) -> o
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
                             nodes_to_exclude=keep_float, extra_options={
                                 "OpTypesToExcludeOutputQuantization": ["Gemm", "MatMul", "Conv", "ConvTranspose"]})
-        return onnx.load(f"{tmp}/q.onnx")
+        return portable(onnx.load(f"{tmp}/q.onnx"))
 
 
 def _error_vs(base: Path, proto: onnx.ModelProto, latents: np.ndarray) -> dict[str, Any]:

@@ -46,6 +46,13 @@ ENCODER_RTOL = 1e-5
 # ~ 11/255, mean 7.9e-4, costing +0.005 nats/image of test loss, see quality.py). The measured max
 # and mean error are in every row, so the wider int8 bound hides nothing.
 VARIANT_TOLERANCES: dict[str, tuple[float, float]] = {"fp16": (2e-3, 0.0), "int8": (1e-1, 0.0)}
+# Lossy files are judged by what they cost, not by their worst pixel (a 784-400-40 binarized model's
+# int8 decoder moves one pixel by 0.64 yet costs +0.24 nats): parity bounds their MEAN |diff| over the
+# pixels (the worst pixel is still in every row; VARIANT_TOLERANCES stay the fast-path sanity bound of
+# `bench`), and the export bounds their measured test-loss cost in nats/image (VARIANT_COST_NATS).
+# OpenVINO's bf16 precision is held to the same kind of bounds (portability.py, openvino_backend.py).
+VARIANT_MEAN = {"fp16": 1e-4, "int8": 1e-2, "bf16": 1e-3}
+VARIANT_COST_NATS = {"fp16": 0.05, "int8": 0.5, "bf16": 0.1}
 
 
 @dataclass
@@ -62,6 +69,7 @@ class Row:
     rtol: float
     passed: bool
     loaded_by: str = ""  # the runtime and version that loaded the file: "torch 2.14.1", "onnxruntime 1.23.2"
+    bound_on: str = "max"  # "mean": a lossy variant, whose atol bounds the mean |diff|
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -122,11 +130,12 @@ def check_parity(model: VAE, paths: list[Path], *, provider: str = "cpu", images
             device = "cuda" if backend.endswith("cuda") else "cpu"
             run = _runner(path, role, backend)
             loaded_by = f"onnxruntime {runtime.ort.__version__}" if fmt == "onnx" else f"torch {torch.__version__}"
-            bounds = VARIANT_TOLERANCES.get(variant) or TOLERANCES[backend]
+            on = "mean" if variant in VARIANT_MEAN and atol is None else "max"  # an explicit --atol bounds the max
+            bounds = (VARIANT_MEAN[variant], 0.0) if on == "mean" else TOLERANCES[backend]
             bounds = (atol if atol is not None else bounds[0],
                       rtol if rtol is not None else (ENCODER_RTOL if role == "encoder" else bounds[1]))
             rows += [dataclasses.replace(r, loaded_by=loaded_by)
-                     for r in _compare(model, role, run, path.name, backend, device, bounds, images, images_name, seed)]
+                     for r in _compare(model, role, run, path.name, backend, device, bounds, images, images_name, seed, on)]
     failed = [r for r in rows if not r.passed]
     if failed:
         raise ParityError(f"{len(failed)} of {len(rows)} parity checks failed", rows)
@@ -174,7 +183,7 @@ def _runner(path: Path, role: str, backend: str) -> Callable[[np.ndarray], dict[
 
 
 def _compare(model: VAE, role: str, run, name: str, backend: str, device: str, bounds: tuple[float, float],
-             images: np.ndarray | None, images_name: str, seed: int) -> list[Row]:
+             images: np.ndarray | None, images_name: str, seed: int, on: str = "max") -> list[Row]:
     spec = SPECS[role]
     cfg = model.config
     eager = spec.module(model).eval() if device == "cpu" else copy.deepcopy(spec.module(model)).to(device).eval()
@@ -197,12 +206,12 @@ def _compare(model: VAE, role: str, run, name: str, backend: str, device: str, b
                 expected_shape = (len(x), *spec.output_shapes(cfg)[out_name])
                 a = got.get(out_name)
                 if a is None or a.shape != expected_shape or w.shape != expected_shape:
-                    rows.append(Row(name, backend, kind, len(x), out_name, *[float("inf")] * 3, *bounds, False))
+                    rows.append(Row(name, backend, kind, len(x), out_name, *[float("inf")] * 3, *bounds, False, on))
                     continue
                 diff = np.abs(a.astype(np.float64) - w)
-                ok = bool(np.all(diff <= bounds[0] + bounds[1] * np.abs(w)))
+                ok = bool(diff.mean() <= bounds[0] if on == "mean" else np.all(diff <= bounds[0] + bounds[1] * np.abs(w)))
                 rel = float(np.max(diff / np.maximum(np.abs(w), REL_FLOOR)))
-                rows.append(Row(name, backend, kind, len(x), out_name, float(diff.max()), float(diff.mean()), rel, *bounds, ok))
+                rows.append(Row(name, backend, kind, len(x), out_name, float(diff.max()), float(diff.mean()), rel, *bounds, ok, on))
     return rows
 
 
@@ -240,6 +249,6 @@ def print_table(rows: list[Row], console) -> None:
                   "rtol", "result", title="parity against eager PyTorch (float32)", title_justify="left")
     for r in rows:
         table.add_row(r.artifact, r.backend, r.loaded_by, r.inputs, str(r.batch_size), r.output, f"{r.max_abs:.1e}",
-                      f"{r.mean_abs:.1e}", f"{r.max_rel:.1e}", f"{r.atol:g}", f"{r.rtol:g}",
-                      "[green]pass[/]" if r.passed else "[red]FAIL[/]")
+                      f"{r.mean_abs:.1e}", f"{r.max_rel:.1e}", f"{'mean ' if r.bound_on == 'mean' else ''}{r.atol:g}",
+                      f"{r.rtol:g}", "[green]pass[/]" if r.passed else "[red]FAIL[/]")
     console.print(table)

@@ -39,6 +39,7 @@ def onnx(
     opset: Annotated[int, typer.Option(min=18, max=23, help="ONNX opset (18+: the torch.export-based exporter's range).")] = 18,
     fp16: Annotated[bool, typer.Option(help="Also write decoder.fp16.onnx (half-precision math, float32 I/O).")] = False,
     int8: Annotated[bool, typer.Option(help="Also write decoder.int8.onnx (static int8, calibrated on real latents).")] = False,
+    bf16: Annotated[bool, typer.Option(help="Also measure OpenVINO's bf16 precision of decoder.onnx (error and cost in nats, recorded in its metadata; needs the runtimes extra).")] = False,
     data_dir: Annotated[Optional[Path], typer.Option(help="Dataset root, for parity on real test images.")] = None,
     quiet: Quiet = False,
 ):
@@ -46,9 +47,9 @@ def onnx(
     from ..export import export_decoder_variants, export_onnx
 
     def write(model, state, sha, folder):
-        latents, images = _variant_data(model, state, data_dir) if fp16 or int8 else (None, None)
+        latents, images = _variant_data(model, state, data_dir) if fp16 or int8 or bf16 else (None, None)
         return export_onnx(model, state, sha, folder, opset) + export_decoder_variants(
-            folder, fp16=fp16, int8=int8, latents=latents, model=model, test_images=images)
+            folder, fp16=fp16, int8=int8, latents=latents, model=model, test_images=images, bf16=bf16)
 
     _export(checkpoint, out_dir, write, data_dir, quiet,
             f"vae-export sample --model {out_dir / 'decoder.onnx'} -n 64 --out samples.png")
@@ -199,14 +200,19 @@ def _real_images(model, state: dict, data_dir):
 
 
 def _variant_error(path: Path) -> str:
-    """', max |diff| ... vs fp32, test loss +x nats/image' for a reduced-precision decoder, else ''."""
-    if path.suffix != ".onnx" or path.name.count(".") < 2:
+    """', max |diff| ... vs fp32, test loss +x nats/image' for a reduced-precision decoder (or decoder.onnx's
+    OpenVINO bf16 precision), else ''."""
+    if path.suffix != ".onnx" or (path.name.count(".") < 2 and path.name != "decoder.onnx"):
         return ""
     from ..runtime import read_metadata
 
-    error = read_metadata(path).get("error_vs_fp32") or {}
+    meta = read_metadata(path)
+    error = meta.get("error_vs_fp32") or meta.get("openvino_bf16") or {}
+    if not error:
+        return ""
     cost = error.get("test_loss_cost_nats")
-    return (f"  max |diff| {error.get('max_abs', float('nan')):.1e}, mean {error.get('mean_abs', float('nan')):.1e} vs fp32"
+    return (("  OpenVINO bf16:" if "precision" in error else " ")
+            + f" max |diff| {error.get('max_abs', float('nan')):.1e}, mean {error.get('mean_abs', float('nan')):.1e} vs fp32"
             + ("" if cost is None else f", test loss {cost:+.3f} nats/image"))
 
 
