@@ -8,10 +8,13 @@ export VAE_EXPORT_DATA ?= $(abspath ../shared/data)
 install: $(STAMP)
 
 # Re-installs only when pyproject.toml or package-lock.json changes (a second `make install` does nothing).
+# setuptools announces every editable install of a mapped layout (training/ -> vae_export.training) with an
+# informational "Editable installation." warning (its InformationOnly class, pypa/packaging-problems#558);
+# PYTHONWARNINGS drops that one message by its text: every other warning and every error still shows.
 $(STAMP): pyproject.toml package-lock.json
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[train,dev]'
+	PYTHONWARNINGS='ignore:Editable installation' $(PY) -m pip install --quiet -e '.[train,dev]'
 	if command -v npm >/dev/null; then npm ci --ignore-scripts --no-audit --no-fund; else echo "npm not found: skipping onnxruntime-web (vae-export web and its tests need Node.js)"; fi
 	touch $(STAMP)
 
