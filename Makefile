@@ -3,7 +3,7 @@ PY      := .venv/bin/python
 STAMP   := .venv/.installed
 export VAE_EXPORT_DATA ?= $(abspath ../shared/data)
 
-.PHONY: install install-gpu demo test artifacts bench clean
+.PHONY: install install-gpu demo test artifacts pictures bench clean
 
 install: $(STAMP)
 
@@ -32,6 +32,10 @@ test: $(STAMP)
 
 artifacts: $(STAMP)
 	bash scripts/make_artifacts.sh
+
+# The README's pictures in docs/ (trains a small conv model once, into runs/pictures).
+pictures: $(STAMP)
+	bash scripts/make_pictures.sh
 
 # The figures in docs/benchmarks.md and the closing notes; run on a quiet machine.
 bench: $(STAMP)

@@ -159,9 +159,34 @@ def test_every_page_is_linked_from_the_readme():
     assert pages and [p.name for p in pages if f"docs/{p.name}" not in readme] == []
 
 
+def _anchor(heading: str) -> str:
+    """GitHub's id for a heading: lower case, punctuation dropped except - and _, spaces to dashes."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_local_link_and_picture_resolves():
+    """Links between pages (and to their sections) and pictures must point at something that exists."""
+    broken = []
+    for page in PAGES:
+        text = page.read_text()
+        for target in re.findall(r"\]\(([^)\s]+)\)|src=\"([^\"]+)\"", text):
+            target = target[0] or target[1]
+            if re.match(r"[a-z]+:", target):
+                continue
+            path, _, anchor = target.partition("#")
+            file = (page.parent / path).resolve() if path else page
+            if not file.exists():
+                broken.append(f"{page.relative_to(REPO)}: {target} (no such file)")
+            elif anchor and file.suffix == ".md":
+                headings = re.findall(r"^#+ (.+)$", file.read_text(), re.M)
+                if anchor not in {_anchor(h) for h in headings}:
+                    broken.append(f"{page.relative_to(REPO)}: {target} (no such section)")
+    assert broken == []
+
+
 def test_every_table_of_measured_figures_names_its_command_and_machine():
-    """A table with a measured column (time, nats, throughput, size) must be preceded, within its section,
-    by the command that produced it (in backticks) and where it ran (a CPU, GPU or machine)."""
+    """A section with a table of measured figures (time, nats, throughput, size) must say which command
+    produced them (in backticks) and where they ran (a CPU, GPU or machine), before or in the table."""
     unit = re.compile(r"nats|samples/s|img/s|images/s|\bms\b|seconds|\bMiB\b|\bGiB\b|throughput|latency", re.I)
     for page in PAGES:
         if "incoming" in page.parts:
@@ -171,10 +196,16 @@ def test_every_table_of_measured_figures_names_its_command_and_machine():
             for header in re.findall(r"^\|.*\|\n\|[-| :]+\|$", section, re.M):
                 if not unit.search(header):
                     continue
-                before = section[: section.index(header)]
+                before = section[: section.index(header)] + _table_at(section, header)
                 where = f"{page.relative_to(REPO)}, table {header.splitlines()[0]!r}"
                 assert re.search(r"`[^`]*(vae-export|python|benchmarks/|make)[^`]*`", before), f"{where}: no command"
                 assert re.search(r"core|CPU|GPU|machine|Xeon|EPYC|H100|H200", before), f"{where}: no machine"
+
+
+def _table_at(section: str, header: str) -> str:
+    """The table that starts with `header`: its lines up to the first line that is not a table row."""
+    rows = section[section.index(header):].split("\n")
+    return "\n".join(r for r in rows[: next((i for i, r in enumerate(rows) if not r.startswith("|")), len(rows))])
 
 
 def test_help_lists_the_commands_in_workflow_order():
