@@ -35,7 +35,7 @@ if [ -d node_modules/onnxruntime-web ]; then
 else
   page="skipped: needs Node.js and npm (apt-get install nodejs npm), then make install"
 fi
-pictures=$(cd "$out" && ls -- *.png | tr '\n' ' ')
+pictures=$(cd "$out" && echo *.png)
 echo "== done"
 echo "pictures: $out/ ($pictures)"
 echo "web page: $page"

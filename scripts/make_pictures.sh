@@ -42,12 +42,11 @@ cp "$out/conv/loss.png" docs/loss.png
 echo "== the web page of that model, in headless Chromium"
 chromium="${CHROMIUM:-/usr/bin/chromium}"
 if [ -x "$chromium" ] && command -v node > /dev/null && [ -d node_modules/playwright-core ]; then
-  $VE web "$out/conv/export" --out "$out/site" --quiet
-  $VE web "$out/conv/export" --out "$out/site" --serve --port 0 --quiet > "$out/url.txt" &
+  $VE web "$out/conv/export" --out "$out/site" --serve --port 0 --quiet > "$out/web.txt" &
   server=$!
   trap 'kill "$server" 2> /dev/null || true' EXIT
-  for _ in $(seq 100); do [ -s "$out/url.txt" ] && break; sleep 0.1; done
-  node tests/drive_page.mjs "$(head -n 1 "$out/url.txt")" "$out/page"
+  for _ in $(seq 300); do grep -q '^http' "$out/web.txt" && break; sleep 0.1; done  # the site line, then the URL
+  node tests/drive_page.mjs "$(grep -m 1 '^http' "$out/web.txt")" "$out/page"
   cp "$out/page/desktop.png" docs/web.png
 else
   echo "   skipped: needs $chromium, node and npm ci (apt-get install chromium nodejs npm); docs/web.png kept"
