@@ -53,14 +53,13 @@ else
   echo "   skipped: needs $chromium, node and npm ci (apt-get install chromium nodejs npm); docs/web.png kept"
 fi
 
-echo "== cut to a few tens of KB each: a palette; the manifold halved (30x30 digits of 14 px)"
+echo "== cut to a few tens of KB each: halved (the manifold's digits to 14 px), a palette of a few colours"
 $PY - <<'EOF'
 from PIL import Image
-for name, shrink in (("docs/web.png", 1), ("docs/manifold.png", 2), ("docs/loss.png", 1)):
+for name, shrink, colours in (("docs/web.png", 2, 32), ("docs/manifold.png", 2, 16), ("docs/loss.png", 1, 64)):
     im = Image.open(name)
     im = im.resize((im.width // shrink, im.height // shrink), Image.LANCZOS) if shrink > 1 else im
-    im = im.quantize(16) if im.mode == "L" else im.convert("RGB").quantize(64)
-    im.save(name, optimize=True)
+    (im if im.mode == "L" else im.convert("RGB")).quantize(colours).save(name, optimize=True)
 EOF
 
 echo "== done: docs/samples.png docs/reconstructions.png docs/manifold.png docs/loss.png docs/web.png"
