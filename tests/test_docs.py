@@ -106,13 +106,15 @@ def problems_of(args: str) -> list[str]:
         values = [inline] if has_inline else []
         while len(values) < param.nargs and rest:
             values.append(rest.pop(0))
+        if not values:  # the last word names the option in passing: `train --nproc` in prose
+            continue
         if len(values) < param.nargs or any(v in options for v in values):
             problems.append(f"`{name} {opt}` takes {param.nargs} value(s), got {values}")
             continue
         problems += _value_problems(ctx, name, opt, param, values)
     if not any(p.nargs == -1 for p in arguments) and len(positional) > sum(p.nargs for p in arguments):
         problems.append(f"`{name}` takes {sum(p.nargs for p in arguments)} argument(s), got {positional}")
-    if words[1:] and len(positional) < sum(p.nargs for p in arguments if p.required and p.nargs > 0):  # not a bare name
+    if words[1:] and "--help" not in words and len(positional) < sum(p.nargs for p in arguments if p.required and p.nargs > 0):  # not a bare name
         problems.append(f"`{name}` needs {[p.name for p in arguments if p.required]}, got {positional}")
     return problems
 
@@ -120,7 +122,8 @@ def problems_of(args: str) -> list[str]:
 def _value_problems(ctx, name: str, opt: str, param, values: list[str]) -> list[str]:
     """A number must parse, a choice must be one of the choices. Paths are the docs' examples, which need
     not exist here: not checked (`type_descriptor` is how Typer 0.29 describes a parameter's type)."""
-    if getattr(getattr(param, "type_descriptor", None), "is_path", False) or any("$" in v for v in values):
+    if getattr(getattr(param, "type_descriptor", None), "is_path", False) or any("$" in v for v in values) \
+            or all(re.fullmatch(r"[A-Z][A-Z0-9_]*", v) for v in values):  # a placeholder: N, CKPT, FILE
         return []
     try:
         param.process_value(ctx, values[0] if param.nargs == 1 else tuple(values))
@@ -153,6 +156,7 @@ def test_the_checker_catches_drift():
     assert problems_of("--versoin")[0].startswith("no command '--versoin'")
     assert problems_of("onnx --int8") == ["`onnx` needs ['checkpoint'], got []"]
     assert problems_of("onnx") == []  # a command named in prose
+    assert problems_of("train --nproc N") == problems_of("train --nproc") == problems_of("web --help") == []
     assert command_lines("```bash\nvae-export train \\\n    --epochs 2 # two\n```\n") == [(2, "train --epochs 2 # two")]
     assert command_lines("```text\n$ vae-export web a\nvae-export web: built\n```\n") == [(2, "web a")]
     assert command_lines("x\n`vae-export sample\n-n 2` and `vae-export[train]`\n") == [(2, "sample -n 2")]
