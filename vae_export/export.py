@@ -27,7 +27,7 @@ from torch import nn
 from . import __version__
 from .config import VAEConfig
 from .errors import ArtifactError, UsageError
-from .files import atomic_open, sha256_file, writable_dir, write_json
+from .files import atomic_open, sha256_file, strict_json, writable_dir, write_json
 from .model import VAE
 
 DEFAULT_OPSET = 18
@@ -154,7 +154,7 @@ def _quiet_exporter():
 
 def set_metadata(proto: onnx.ModelProto, meta: dict[str, Any]) -> None:
     del proto.metadata_props[:]
-    onnx.helper.set_model_props(proto, {k: json.dumps(v) for k, v in meta.items()})
+    onnx.helper.set_model_props(proto, {k: json.dumps(strict_json(v), allow_nan=False) for k, v in meta.items()})
     proto.producer_name, proto.producer_version = "vae-export", __version__
 
 
@@ -180,7 +180,7 @@ def export_torchscript(model: VAE, checkpoint: dict[str, Any], checkpoint_sha256
         path = artifact_path(out_dir, spec.role, "torchscript")
         with warnings.catch_warnings(), atomic_open(path) as f:
             warnings.simplefilter("ignore")  # torch.jit's deprecation notice; TorchScript still serves libtorch users
-            torch.jit.save(torch.jit.trace(module, example), f, _extra_files={TORCHSCRIPT_EXTRA: json.dumps(meta)})
+            torch.jit.save(torch.jit.trace(module, example), f, _extra_files={TORCHSCRIPT_EXTRA: json.dumps(strict_json(meta), allow_nan=False)})
         written.append(Written(path, time.perf_counter() - t0))
     return written
 

@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import UsageError, VaeExportError
-from .files import atomic_open
+from .files import atomic_open, check_output
 from .sampling import npy_header
 
 COPY_BLOCK = 1 << 24                 # bytes per read while merging: memory stays flat for any N
@@ -77,13 +77,8 @@ def merge(paths: list[Path], out: Path, on_part: Callable[[Part], None] | None =
     All parts must share dtype and sample shape. Returns the description of the merged array."""
     if not paths:
         raise UsageError("merge needs at least one part")
-    if out.suffix != ".npy":
-        raise UsageError(f"--out must end in .npy, got {out.name!r}")
-    if not out.parent.is_dir():
-        raise UsageError(f"--out folder {out.parent} does not exist")
+    check_output(out, suffixes=(".npy",), inputs=tuple(paths))
     resolved = [p.resolve() for p in paths]
-    if out.resolve() in resolved:
-        raise UsageError(f"--out {out} is one of the parts")
     if len(set(resolved)) < len(resolved):
         raise UsageError("a part is given twice")
     parts = [read_part(p) for p in paths]

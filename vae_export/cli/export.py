@@ -76,13 +76,13 @@ def _export(checkpoint: Path, out_dir: Path, write, data_dir, quiet: bool, next_
     a failed export never replaces a good one."""
     from ..checkpoint import load_model
     from ..export import write_manifest
-    from ..files import check_writable, sha256_file, staged_dir
+    from ..files import check_output, made_dir, sha256_file, staged_dir
     from ..parity import check_parity
 
-    check_writable(out_dir, folder=True)
+    check_output(out_dir, folder=True, inputs=(checkpoint,))
     model, state = load_model(checkpoint)
     images, name = _real_images(model, state, data_dir)
-    with staged_dir(out_dir) as stage:
+    with made_dir(out_dir), staged_dir(out_dir) as stage:   # a failed export leaves no empty folder either
         written = write(model, state, sha256_file(checkpoint), stage)
         rows = _parity(lambda: check_parity(model, [w.path for w in written], images=images, images_name=name), quiet)
         sizes = {w.path.name: w.bytes for w in written}
@@ -109,11 +109,11 @@ def parity(
 ):
     """Check every artifact in DIRECTORY against the eager model rebuilt from CHECKPOINT."""
     from ..checkpoint import load_model
-    from ..files import check_writable
+    from ..files import check_output
     from ..parity import artifacts_in, check_parity
 
     if report:
-        check_writable(report)
+        check_output(report, inputs=(checkpoint, directory), option="--report")
     model, state = load_model(checkpoint)
     paths = artifacts_in(directory)
     images, name = _real_images(model, state, data_dir)

@@ -43,7 +43,7 @@ def sample(
     from ..progress import SampleProgress
     from ..runtime import Decoder
 
-    sampling.check_out_path(out_path)
+    sampling.check_out_path(out_path, inputs=(model,))
     if out_path.suffix == ".png" and dtype != OutDtype.float32:
         raise UsageError("--dtype applies to .npy output; a .png grid is always 8-bit")
     if interpolate and min(interpolate) < 0:
@@ -93,13 +93,11 @@ def encode(
     """Encode images to latent means and log-variances through the ONNX encoder."""
     import numpy as np
 
-    from ..files import atomic_open, check_writable
+    from ..files import atomic_open, check_output
     from ..images import read_images
     from ..runtime import Encoder
 
-    if out_path.suffix != ".npz":
-        raise UsageError(f"--out must end in .npz, got {out_path.name!r}")
-    check_writable(out_path)
+    check_output(out_path, suffixes=(".npz",), inputs=(*images, model))
     encoder = Encoder(shipped(model, "encoder.onnx"), provider=provider.value)
     x = read_images(images, encoder.image_shape)
     mu, logvar = encoder.encode(x)
@@ -122,8 +120,8 @@ def reconstruct(
     from ..images import read_images
     from ..runtime import Decoder, Encoder
 
-    sampling.check_out_path(out_path)
     folder = model_dir or shipped_dir()
+    sampling.check_out_path(out_path, inputs=(*images, folder / "encoder.onnx", folder / "decoder.onnx"))
     encoder = Encoder(folder / "encoder.onnx", provider=provider.value)
     decoder = Decoder(folder / "decoder.onnx", provider=provider.value)
     x = read_images(images, encoder.image_shape)

@@ -20,8 +20,10 @@ def web(
     quiet: Quiet = False,
 ):
     """Build a self-contained web page that samples the decoder in the visitor's browser (onnxruntime-web)."""
+    from ..files import check_output
     from ..web import build_site, serve as serve_site
 
+    check_output(out_dir, folder=True, inputs=(export_dir,))
     site = build_site(export_dir, out_dir)
     out.print(f"{site.path}/index.html  {', '.join(site.models)} + onnxruntime-web {site.ort_version}  {site.bytes / 1e6:.1f} MB")
     if serve:
