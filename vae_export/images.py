@@ -109,8 +109,8 @@ def read_header(path: Path) -> Header:
     try:
         with _open(path) as img:
             mode = _mode(path, img.mode)
-            orientation = 1
-            if img.format != "PNG" or "exif" in img.info:     # PNG's getexif() would decode the pixels
+            orientation = 1           # Pillow's TIFF plugin reports the upright size itself, and turns on load;
+            if img.format != "TIFF" and (img.format != "PNG" or "exif" in img.info):   # PNG's getexif() decodes
                 orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
             w, h = img.size
     except InputError:
@@ -150,7 +150,7 @@ def decode_image(path: Path) -> np.ndarray:
             _refuse(path, f"holds values outside 0..{mode.scale} (found {x.min():g}..{x.max():g})")
         if mode.scale != 1:
             x /= np.float32(mode.scale)
-    return np.ascontiguousarray(x.transpose(2, 0, 1))              # (H, W, C) -> (C, H, W)
+    return np.array(x.transpose(2, 0, 1), order="C")              # (H, W, C) -> (C, H, W), writable
 
 
 def read_array(path: Path, kind: str = "npy", check: Callable[[tuple, np.dtype], None] | None = None) -> np.ndarray:

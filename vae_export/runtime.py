@@ -342,12 +342,16 @@ class Encoder(_Model):
 
 def _check_args(path: Any, provider: Any, threads: Any) -> None:
     """The constructor's arguments, typed before any file is read."""
-    if not isinstance(path, (str, os.PathLike)) or "\0" in os.fspath(path):
-        raise UsageError(f"path must be a file or folder name, got {path!r}")
+    _check_path(path)
     if not isinstance(provider, str):
         raise UsageError(f"provider must be one of cpu, cuda, auto, got {provider!r}")
     if threads is not None:
         _check_int(threads, "threads", 1, 1024)
+
+
+def _check_path(path: Any) -> None:
+    if not isinstance(path, (str, os.PathLike)) or "\0" in str(os.fspath(path)):
+        raise UsageError(f"path must be a file or folder name, got {path!r}")
 
 
 def _check_int(value: Any, name: str, low: int, high: int | None = None) -> None:
@@ -378,6 +382,7 @@ def latent_slice(seed: int, start: int, stop: int, dim: int) -> np.ndarray:
     _check_int(seed, "seed", 0)
     _check_int(start, "start", 0)
     _check_int(stop, "stop", int(start) + 1)
+    _check_int(dim, "dim", 1)
     _check_memory((stop - start + 2 * LATENT_CHUNK) * dim * 4, f"{stop - start:,} latents")
     first, last = start // LATENT_CHUNK, (stop - 1) // LATENT_CHUNK
     chunks = [np.random.default_rng([seed, k]).standard_normal((LATENT_CHUNK, dim), dtype=np.float32)
@@ -389,6 +394,7 @@ def latent_slice(seed: int, start: int, stop: int, dim: int) -> np.ndarray:
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The metadata of an exported ONNX file (JSON-decoded), without running it."""
+    _check_path(path)
     data = _read_model(Path(path))
     return _metadata(_loaded(Path(path), lambda: _create(data, 1, [PROVIDERS["cpu"]])), Path(path))
 

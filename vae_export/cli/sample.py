@@ -80,7 +80,7 @@ def merge(
     out.print(f"{out_path}: {merged.shape[0]} samples {merged.dtype} from {len(parts)} parts, {merged.nbytes:,} bytes")
 
 
-Images = Annotated[list[Path], typer.Argument(help="Images: .npy arrays (N, C, H, W), or (N, H, W) for one channel, uint8 0..255 or float 0..1; or H x W grayscale/RGB .png files (README: Reliability).")]
+Images = Annotated[list[Path], typer.Argument(help="Images: .npy/.npz arrays (N, H, W), (N, C, H, W) or (N, H, W, C), uint8 0..255 or float 0..1; or H x W image files (.png .jpg .tif .bmp .webp ...; 1/8/16-bit and float grey, RGB, palette), EXIF-upright (vae_export/images.py lists every accepted format).")]
 
 
 @command
