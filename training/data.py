@@ -12,6 +12,7 @@ Folders and arrays are split here, by `test_fraction` with a fixed seed (SPLIT_S
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from torchvision import datasets
 from torchvision.transforms.v2 import functional as TF
 
 from vae_export import images
-from vae_export.errors import DataNotFound, InputError, UsageError, VaeExportError, first_line
+from vae_export.errors import DataNotFound, InputError, ProvenanceError, UsageError, VaeExportError, first_line
 from vae_export.files import available_memory
 
 DATASETS = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST,
@@ -36,6 +37,10 @@ MEMORY_SHARE = 0.8                      # refuse a dataset that needs more than 
 
 class DataError(VaeExportError):
     """A dataset is unreadable, corrupt, empty or inconsistent."""
+
+
+class DataChanged(ProvenanceError):
+    """The data a run was trained on is not the data found now (more images, other files)."""
 
 
 @dataclass
@@ -88,10 +93,11 @@ def load_dataset(spec: str, root: str | Path, *, image_size: tuple[int, int] | N
     if not path.exists():
         raise DataNotFound(f"{spec}: {path} does not exist")
     if kind == "folder":
-        pixels, what = _read_folder(path, size, channels, skip_bad_files)
+        pixels, what, files = _read_folder(path, size, channels, skip_bad_files)
     else:
-        pixels, what = _read_array(path, kind, size, channels)
+        (pixels, what), files = _read_array(path, kind, size, channels), [path]
     train, test, split = _split(pixels, test_fraction, spec)
+    split["sha256"] = files_digest(files, path)    # what the run's own data is: checked by --resume and evaluate
     return Data(train, test, f"{spec} ({what}; {len(train)} train / {len(test)} test, {_shape_text(train.shape[1:])}, "
                 f"split seed {SPLIT_SEED})", split)
 
@@ -101,6 +107,41 @@ def load_from_settings(settings: Mapping[str, Any], root: str | Path, download: 
     return load_dataset(settings.get("dataset", "mnist"), root, image_size=settings.get("image_size"),
                         channels=settings.get("image_channels"), test_fraction=settings.get("test_fraction", 0.1),
                         skip_bad_files=settings.get("skip_bad_files", False), download=download)
+
+
+def load_run_data(state: Mapping[str, Any], root: str | Path, checkpoint: str | Path, download: bool = True) -> Data:
+    """The data a checkpoint was trained on, refused if it is not that data any more: the one check
+    behind `train --resume`, `evaluate` and `onnx --int8`'s test-loss figure, so that no command
+    scores a "test" split that now holds training images."""
+    data = load_from_settings(state.get("settings", {}), root, download)
+    check_same_data(state.get("data") or {}, tuple(state["config"]["image_shape"]), data, checkpoint)
+    return data
+
+
+def check_same_data(recorded: Mapping[str, Any], image_shape: tuple[int, ...], data: Data, checkpoint: str | Path) -> None:
+    """`data` must be the images a run recorded (checkpoint["data"]): the same image shape, and the same
+    split: image counts and, for folders and arrays, the sha256 of the files' contents. A checkpoint
+    written before a field was recorded is held to the fields it has."""
+    split = recorded.get("split") or {}
+    changed = [k for k in split if data.split.get(k) != split[k]]
+    if tuple(data.image_shape) != tuple(image_shape) or changed:
+        why = "its files' content changed" if changed == ["sha256"] else (
+            f"{', '.join(f'{k} {split[k]} -> {data.split.get(k)}' for k in changed if k != 'sha256')}" if changed
+            else f"image shape {tuple(image_shape)} -> {data.image_shape}")
+        raise DataChanged(f"{checkpoint} was trained on {recorded.get('description') or 'other data'}; the data now is "
+                          f"{data.description} ({why}): not the run's own data; restore it, or train a new run on it")
+
+
+def files_digest(files: list[Path], root: Path) -> str:
+    """sha256 over the files' names (relative to root) and contents, in order: the data's identity,
+    independent of how (and by which library version) the pixels are decoded."""
+    digest = hashlib.sha256()
+    for path in files:
+        name = path.name if path == root else str(path.relative_to(root))
+        digest.update(name.encode("utf-8", "surrogateescape") + b"\0")
+        with open(path, "rb") as f:
+            digest.update(hashlib.file_digest(f, "sha256").digest())
+    return digest.hexdigest()
 
 
 def load_images(dataset: str, root: str | Path, train: bool, download: bool = True) -> torch.Tensor:
@@ -135,12 +176,12 @@ def batches(n: int, batch_size: int, generator: torch.Generator | None) -> list[
 
 
 def _read_folder(folder: Path, size: tuple[int, int] | None, channels: int | None,
-                 skip_bad_files: bool) -> tuple[torch.Tensor, str]:
+                 skip_bad_files: bool) -> tuple[torch.Tensor, str, list[Path]]:
     """Every image under `folder` (recursively, following symlinked subfolders as ImageFolder does;
     labels ignored) as one tensor, decoded by vae_export.images (the runtime's own decoder): uint8, or
     float32 in [0, 1] when a file holds more than 8 bits. A first pass reads only the headers (size and
     mode) to settle the shape and check memory; the second decodes and resizes (antialiased, aspect
-    ratio not kept)."""
+    ratio not kept). Also returns the files read."""
     if not folder.is_dir():
         raise DataError(f"folder:{folder}: not a folder")
     paths = image_files(folder)
@@ -165,8 +206,8 @@ def _read_folder(folder: Path, size: tuple[int, int] | None, channels: int | Non
     dtype = np.uint8 if all(header.mode.dtype == np.uint8 for header in headers.values()) else np.float32
     _check_memory(len(headers), (c, h, w), np.dtype(dtype).itemsize, f"folder:{folder}", "a smaller --image-size or fewer images")
     out = torch.empty(len(headers), c, h, w, dtype=torch.from_numpy(np.empty(0, dtype)).dtype)
-    kept = 0
-    for p, header in headers.items():
+    kept = []
+    for p in headers:
         try:
             image = images.to_channels(images.decode_image(p), c, p, convert=True)     # (C, h0, w0)
             if size is None and image.shape[1:] != (h, w):
@@ -175,13 +216,13 @@ def _read_folder(folder: Path, size: tuple[int, int] | None, channels: int | Non
             bad[p] = _why(e, p)
             continue
         image = torch.from_numpy(image if dtype == np.uint8 else images.to_float(image))
-        out[kept] = image if image.shape[1:] == (h, w) else TF.resize(image, [h, w], antialias=True).clamp_(0, 1 if dtype == np.float32 else 255)
-        kept += 1
+        out[len(kept)] = image if image.shape[1:] == (h, w) else TF.resize(image, [h, w], antialias=True).clamp_(0, 1 if dtype == np.float32 else 255)
+        kept.append(p)
     _refuse_bad(folder, bad, skip_bad_files)
-    if kept == 0:
+    if not kept:
         raise DataError(f"folder:{folder}: none of its {len(paths)} image files could be read")
     skipped = f", {len(bad)} unreadable skipped" if bad else ""
-    return out[:kept], f"{kept} images{skipped}"
+    return out[:len(kept)], f"{len(kept)} images{skipped}", kept
 
 
 def image_files(folder: Path) -> list[Path]:
