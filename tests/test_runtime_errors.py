@@ -4,6 +4,7 @@ nothing but a VaeExportError subclass may escape; the named examples of the issu
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,14 @@ from vae_export.errors import UsageError, VaeExportError
 from vae_export.runtime import Decoder, Encoder, latent_slice, read_metadata
 
 SHIPPED = Path(__file__).resolve().parents[1] / "artifacts" / "mlp"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def subnormal_floats():
+    """hypothesis cannot draw subnormal floats after an in-process training run has called
+    torch.set_flush_denormal(True) (as test_fuzz.py says); unset it for this module."""
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_flush_denormal(False)
 
 
 @pytest.fixture(scope="module")

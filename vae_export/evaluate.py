@@ -46,7 +46,7 @@ class EvalSettings:
 
     def __post_init__(self) -> None:
         if not self.ks or any(not 0 < k <= K_MAX for k in self.ks):
-            raise UsageError(f"every k must be 1..{K_MAX}, got {', '.join(map(str, self.ks)) or 'none'}")
+            raise UsageError(f"every k must be > 0 and at most {K_MAX}, got {', '.join(map(str, self.ks)) or 'none'}")
         if not 0 <= self.seed <= SEED_MAX:
             raise UsageError(f"seed must be 0..{SEED_MAX}, got {self.seed}")
         if self.n_images is not None and self.n_images <= 0:

@@ -122,7 +122,7 @@ def check_output(path: str | os.PathLike, *, folder: bool = False, suffixes: tup
         raise UsageError(f"{option} must end in {' or '.join(suffixes)}, got {path.name!r}")
     for source in inputs:
         if source is not None and _same_file(path, Path(source)):
-            raise UsageError(f"{option} {path} is also an input ({source}); choose another path")
+            raise UsageError(f"{option} {path} is also an input ({source}); choose another {'folder' if folder else 'path'}")
     if path.exists() and path.is_dir() != folder:
         raise VaeExportError(f"{option} {path} exists and is {'not ' if folder else ''}a folder")
     parent = path if folder else path.parent

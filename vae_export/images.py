@@ -128,10 +128,13 @@ def decode_image(path: Path) -> np.ndarray:
     try:
         with _open(path) as img:
             mode = _mode(path, img.mode)
+            tiff_size = img.size if img.format == "TIFF" else None    # Pillow's TIFF header size is the upright one
             upright = ImageOps.exif_transpose(img)
             if mode.convert:
                 upright = upright.convert(mode.convert)
             pixels = np.asarray(upright)
+            if tiff_size and pixels.shape[1::-1] != tiff_size:      # Pillow 13 leaves I;16 TIFFs as stored
+                _refuse(path, f"Pillow cannot turn this {img.mode} TIFF upright by its EXIF orientation; save it upright")
     except InputError:
         raise
     except Exception as e:  # noqa: BLE001 - as in read_header; also truncated pixel data
@@ -181,7 +184,7 @@ def read_array(path: Path, kind: str = "npy", check: Callable[[tuple, np.dtype],
     except InputError:
         raise
     except Exception as e:  # noqa: BLE001 - numpy and zipfile raise ValueError, OSError, EOFError, BadZipFile...
-        raise InputError(f"cannot read images from {path}: not a readable .{kind} array ({first_line(e, 200)})") from None
+        raise InputError(f"cannot read images from {path}: not a readable {kind} file ({first_line(e, 200)})") from None
     a = a.reshape(layout[1]) if layout[2] is None else a.transpose(layout[2])
     if a.dtype == np.uint8:
         return np.ascontiguousarray(a)
