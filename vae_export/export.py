@@ -185,6 +185,22 @@ def export_torchscript(model: VAE, checkpoint: dict[str, Any], checkpoint_sha256
     return written
 
 
+MANIFEST = "manifest.json"
+PRODUCER = "vae-export export"          # what the ledger of an export folder names as the writer (files.OwnedDir)
+
+
+def earlier_exports(out_dir: str | Path) -> set[str]:
+    """The files of `out_dir` that an export made before the ledger existed: listed in its manifest.json
+    (ours by producer) with their current sha256. They may be replaced like any file the ledger lists."""
+    try:
+        manifest = json.loads((Path(out_dir) / MANIFEST).read_text())
+        listed = {a["file"]: a["sha256"] for a in manifest["artifacts"]} if manifest.get("producer") == "vae-export" else {}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return set()
+    return {name for name, sha in listed.items() if (Path(out_dir) / name).is_file() and sha256_file(Path(out_dir) / name) == sha} | (
+        {MANIFEST} if listed else set())
+
+
 def write_manifest(out_dir: str | Path) -> Path:
     """manifest.json: every artifact present in out_dir with its size and sha256."""
     out_dir = Path(out_dir)

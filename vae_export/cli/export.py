@@ -75,18 +75,21 @@ def _export(checkpoint: Path, out_dir: Path, write, data_dir, quiet: bool, next_
     """Export into a staging folder, prove parity there, and only then move the files into out_dir:
     a failed export never replaces a good one."""
     from ..checkpoint import load_model
-    from ..export import write_manifest
-    from ..files import check_output, made_dir, sha256_file, staged_dir
+    from ..export import MANIFEST, PRODUCER, earlier_exports, write_manifest
+    from ..files import OwnedDir, check_output, made_dir, sha256_file
     from ..parity import check_parity
 
     check_output(out_dir, folder=True, inputs=(checkpoint,))
+    folder = OwnedDir(out_dir, PRODUCER)
+    earlier = set() if folder.ledger() else earlier_exports(out_dir)  # an export from before the ledger: by its sha256s
+    folder.check([MANIFEST], adopt=earlier)
     model, state = load_model(checkpoint)
     images, name = _real_images(model, state, data_dir)
-    with made_dir(out_dir), staged_dir(out_dir) as stage:   # a failed export leaves no empty folder either
+    with made_dir(out_dir), folder.rebuild(adopt=earlier, remove_stale=False) as stage:   # only our files are replaced; a failure leaves no new empty folder
         written = write(model, state, sha256_file(checkpoint), stage)
         rows = _parity(lambda: check_parity(model, [w.path for w in written], images=images, images_name=name), quiet)
         sizes = {w.path.name: w.bytes for w in written}
-    write_manifest(out_dir)
+    folder.record([write_manifest(out_dir)])
     for w in written:
         error = _variant_error(out_dir / w.path.name)
         out.print(f"{out_dir / w.path.name}  {sizes[w.path.name] / 1e6:.2f} MB  {w.seconds:.1f} s{error}")
