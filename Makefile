@@ -3,15 +3,18 @@ PY      := .venv/bin/python
 STAMP   := .venv/.installed
 export VAE_EXPORT_DATA ?= $(abspath ../shared/data)
 
-.PHONY: install install-gpu demo test artifacts bench clean
+.PHONY: install install-gpu demo test artifacts pictures bench clean
 
 install: $(STAMP)
 
 # Re-installs only when pyproject.toml or package-lock.json changes (a second `make install` does nothing).
+# setuptools announces every editable install of a mapped layout (training/ -> vae_export.training) with an
+# informational "Editable installation." warning (its InformationOnly class, pypa/packaging-problems#558);
+# PYTHONWARNINGS drops that one message by its text: every other warning and every error still shows.
 $(STAMP): pyproject.toml package-lock.json
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[train,dev]'
+	PYTHONWARNINGS='ignore:Editable installation' $(PY) -m pip install --quiet -e '.[train,dev,runtimes]'
 	if command -v npm >/dev/null; then npm ci --ignore-scripts --no-audit --no-fund; else echo "npm not found: skipping onnxruntime-web (vae-export web and its tests need Node.js)"; fi
 	touch $(STAMP)
 
@@ -29,6 +32,10 @@ test: $(STAMP)
 
 artifacts: $(STAMP)
 	bash scripts/make_artifacts.sh
+
+# The README's pictures in docs/ (trains a small conv model once, into runs/pictures).
+pictures: $(STAMP)
+	bash scripts/make_pictures.sh
 
 # The figures in docs/benchmarks.md and the closing notes; run on a quiet machine.
 bench: $(STAMP)

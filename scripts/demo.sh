@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole path: train -> checkpoint -> export -> parity -> sample. With MNIST available it trains a
-# fresh model briefly; offline without data it exports, checks and samples the shipped model.
+# The whole path: train -> checkpoint -> export -> parity -> sample -> embed -> web page. With MNIST
+# available it trains a fresh model briefly; offline without data it exports, checks and samples the
+# shipped model. It ends by saying where the pictures are and how to open the page.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VE=.venv/bin/vae-export
@@ -27,4 +28,14 @@ $VE sample --model "$out/export/decoder.onnx" -n 200000 --dtype uint8 --out "$ou
 $VE sample --model "$out/export/decoder.onnx" -n 10 --interpolate 1 2 --out "$out/interpolation.png"
 echo "== embed the decoder with numpy + onnxruntime only"
 .venv/bin/python examples/embed_decoder.py "$out/export/decoder.onnx" "$out/embedded.png"
-echo "== done: pictures in $out/ (samples.png, interpolation.png, embedded.png, reconstruction.png)"
+if [ -d node_modules/onnxruntime-web ]; then
+  echo "== a web page that decodes in the browser (onnxruntime-web)"
+  $VE web "$out/export" --out "$out/site" --quiet
+  page="$VE web $out/export --out $out/site --serve   (then open http://127.0.0.1:8000/)"
+else
+  page="skipped: needs Node.js and npm (apt-get install nodejs npm), then make install"
+fi
+pictures=$(cd "$out" && echo *.png)
+echo "== done"
+echo "pictures: $out/ ($pictures)"
+echo "web page: $page"

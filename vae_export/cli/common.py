@@ -38,7 +38,8 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final result.")]
+# metavar="": Typer shows every flag's type as `<bool>`, as if it took a value; a flag takes none.
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="Print only the final result.")]
 DataDir = Annotated[Optional[Path], typer.Option(help="Dataset root, for parity on real test images.")]
 
 
@@ -132,9 +133,10 @@ def _sigterm_raises():
 
 
 @app.callback()
-def _app(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+def _app(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True, metavar="",
                                                help="Print the version and exit.")] = False) -> None:
-    """Train a VAE, export encoder and decoder to TorchScript/ONNX with proven parity, sample fast."""
+    """Train a VAE, export encoder and decoder to ONNX, .pt2 (torch.export, AOTInductor) and legacy
+    TorchScript with proven parity, sample fast."""
 
 
 def shipped_dir() -> Path:
