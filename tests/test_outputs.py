@@ -49,6 +49,8 @@ CASES = {
     "train": ("train --dataset npy:{t}/missing.npy --out {t}/file", "file", 1, "not a folder"),
     "train-parent": ("train --dataset npy:{t}/missing.npy --out {t}/file/run", "file/run", 1, "not a folder"),
     "onnx": (f"onnx {CKPT} --data-dir {{t}}/empty --out {{t}}/file", "file", 1, "not a folder"),
+    "export": (f"export {CKPT} --data-dir {{t}}/empty --out {{t}}/file", "file", 1, "not a folder"),
+    "portability": (f"portability {SHIPPED} --runtimes onnxruntime --report {{t}}/taken", "taken", 1, "is a folder"),
     "torchscript": (f"torchscript {CKPT} --data-dir {{t}}/empty --out {{t}}/file", "file", 1, "not a folder"),
     "parity": (f"parity {CKPT} {SHIPPED} --data-dir {{t}}/empty --report {{t}}/taken", "taken", 1, "is a folder"),
     "parity-input": (f"parity {{t}}/ckpt.pt {SHIPPED} --report {{t}}/ckpt.pt", "ckpt.pt", 2, "also an input"),
