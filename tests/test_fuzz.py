@@ -57,17 +57,24 @@ def subnormal_floats():
 def _documented(a: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray | None:
     """What images.py promises for this array: the converted images, or None for a refusal."""
     c, h, w = shape
-    if a.ndim == 3 and c == 1:
-        a = a[:, None]
-    if a.ndim != 4 or a.shape[1:] != shape or a.shape[0] == 0:
+    if a.ndim == 3:
+        a = a[:, None]                                              # (N, H, W)
+    elif a.ndim == 4 and a.shape[1] not in (1, 3) and a.shape[3] in (1, 3):
+        a = a.transpose(0, 3, 1, 2)                                 # (N, H, W, C)
+    if a.ndim != 4 or a.shape[1] not in (1, 3) or a.shape[2:] != (h, w) or a.shape[0] == 0:
         return None
     if a.dtype == np.uint8:
-        return a.astype(np.float32) / np.float32(255)
-    if a.dtype.kind == "f" and a.dtype.itemsize in (2, 4, 8):
+        x = a.astype(np.float32) / np.float32(255)
+    elif a.dtype.kind == "f" and a.dtype.itemsize in (2, 4, 8):
         with np.errstate(over="ignore"):
             x = a.astype(np.float32)
-        return x if np.isfinite(x).all() and x.min() >= 0 and x.max() <= 1 else None
-    return None
+        if not (np.isfinite(x).all() and x.min() >= 0 and x.max() <= 1):
+            return None
+    else:
+        return None
+    if x.shape[1] == 3 and c == 1:                                  # colour for a grey model: only if grey
+        return x[:, :1] if (x == x[:, :1]).all() else None
+    return np.repeat(x, c, axis=1) if x.shape[1] == 1 else x
 
 
 def _read(path: Path, shape) -> np.ndarray | None:

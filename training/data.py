@@ -12,11 +12,9 @@ Folders and arrays are split here, by `test_fraction` with a fixed seed (SPLIT_S
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
+import math
 import os
-import tokenize
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -24,17 +22,17 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 from torchvision import datasets
-from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms.v2 import functional as TF
 
-from vae_export.errors import DataNotFound, ProvenanceError, UsageError, VaeExportError, first_line
+from vae_export import images
+from vae_export.errors import DataNotFound, InputError, ProvenanceError, UsageError, VaeExportError, first_line
+from vae_export.files import available_memory
 
 DATASETS = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST,
             "cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100}
 SOURCES = ("folder", "npy", "npz")      # --dataset folder:PATH, npy:PATH, npz:PATH
 SPLIT_SEED = 0                          # the train/test split of folders and arrays never depends on --seed
 MEMORY_SHARE = 0.8                      # refuse a dataset that needs more than this share of the free memory
-GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}   # Pillow modes read as grey by default; any other as RGB
 
 
 class DataError(VaeExportError):
@@ -95,10 +93,10 @@ def load_dataset(spec: str, root: str | Path, *, image_size: tuple[int, int] | N
     if not path.exists():
         raise DataNotFound(f"{spec}: {path} does not exist")
     if kind == "folder":
-        images, what, files = _read_folder(path, size, channels, skip_bad_files)
+        pixels, what, files = _read_folder(path, size, channels, skip_bad_files)
     else:
-        (images, what), files = _read_array(path, kind, size, channels), [path]
-    train, test, split = _split(images, test_fraction, spec)
+        (pixels, what), files = _read_array(path, kind, size, channels), [path]
+    train, test, split = _split(pixels, test_fraction, spec)
     split["sha256"] = files_digest(files, path)    # what the run's own data is: checked by --resume and evaluate
     return Data(train, test, f"{spec} ({what}; {len(train)} train / {len(test)} test, {_shape_text(train.shape[1:])}, "
                 f"split seed {SPLIT_SEED})", split)
@@ -161,7 +159,8 @@ def load_images(dataset: str, root: str | Path, train: bool, download: bool = Tr
             f"{dataset} is not readable in {folder} and could not be downloaded ({first_line(e)}); "
             f"put its files there or point --data-dir / VAE_EXPORT_DATA at a folder holding {folder.relative_to(root)}"
         ) from None
-    return torch.from_numpy(_to_nchw(np.asarray(ds.data), dataset))  # MNIST (N, 28, 28), CIFAR (N, 32, 32, 3)
+    data = np.asarray(ds.data)                       # MNIST (N, 28, 28), CIFAR (N, 32, 32, 3)
+    return torch.from_numpy(np.ascontiguousarray(data[:, None] if data.ndim == 3 else data.transpose(0, 3, 1, 2)))
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
@@ -178,44 +177,46 @@ def batches(n: int, batch_size: int, generator: torch.Generator | None) -> list[
 
 def _read_folder(folder: Path, size: tuple[int, int] | None, channels: int | None,
                  skip_bad_files: bool) -> tuple[torch.Tensor, str, list[Path]]:
-    """Every image under `folder` (recursively, as ImageFolder finds them; labels ignored) as one uint8
-    tensor. A first pass reads only the headers (size and mode) to settle the shape and check memory;
-    the second decodes and resizes (antialiased, aspect ratio not kept). Also returns the files read."""
-    from PIL import Image
-
+    """Every image under `folder` (recursively, following symlinked subfolders as ImageFolder does;
+    labels ignored) as one tensor, decoded by vae_export.images (the runtime's own decoder): uint8, or
+    float32 in [0, 1] when a file holds more than 8 bits. A first pass reads only the headers (size and
+    mode) to settle the shape and check memory; the second decodes and resizes (antialiased, aspect
+    ratio not kept). Also returns the files read."""
     if not folder.is_dir():
         raise DataError(f"folder:{folder}: not a folder")
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS and p.is_file()
-                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    paths = image_files(folder)
     if not paths:
-        raise DataError(f"folder:{folder}: no images ({', '.join(IMG_EXTENSIONS)}) in it or its subfolders")
+        raise DataError(f"folder:{folder}: no images ({', '.join(images.SUFFIXES)}) in it or its subfolders")
     headers, bad = {}, {}
     for p in paths:
         try:
-            with Image.open(p) as im:
-                headers[p] = (im.height, im.width), im.mode
-        except Exception as e:  # noqa: BLE001 - Pillow raises UnidentifiedImageError, OSError, DecompressionBombError...
-            bad[p] = first_line(e, 120)
+            headers[p] = images.read_header(p)
+        except InputError as e:
+            bad[p] = _why(e, p)
     _refuse_bad(folder, bad, skip_bad_files)
     if not headers:
         raise DataError(f"folder:{folder}: none of its {len(paths)} image files could be read")
-    sizes = {hw for hw, _ in headers.values()}
+    sizes = {h.size for h in headers.values()}
     if size is None and len(sizes) > 1:
-        (a, hw_a), (b, hw_b) = [next((p, hw) for p, (hw, _) in headers.items() if hw == s) for s in list(sizes)[:2]]
+        (a, hw_a), (b, hw_b) = [next((p, h.size) for p, h in headers.items() if h.size == s) for s in list(sizes)[:2]]
         raise UsageError(f"folder:{folder}: images differ in size ({len(sizes)} sizes, e.g. {a.name} {hw_a[0]}x{hw_a[1]}, "
                          f"{b.name} {hw_b[0]}x{hw_b[1]}); pass --image-size HxW to resize them all")
     h, w = size or sizes.pop()
-    c = channels or (1 if all(mode in GREY_MODES for _, mode in headers.values()) else 3)
-    _check_memory(len(headers), (c, h, w), 1, f"folder:{folder}", "a smaller --image-size or fewer images")
-    out = torch.empty(len(headers), c, h, w, dtype=torch.uint8)
+    c = channels or max(header.mode.channels for header in headers.values())
+    dtype = np.uint8 if all(header.mode.dtype == np.uint8 for header in headers.values()) else np.float32
+    _check_memory(len(headers), (c, h, w), np.dtype(dtype).itemsize, f"folder:{folder}", "a smaller --image-size or fewer images")
+    out = torch.empty(len(headers), c, h, w, dtype=torch.from_numpy(np.empty(0, dtype)).dtype)
     kept = []
     for p in headers:
         try:
-            image = _decode(p, c)                                   # (C, h0, w0)
-        except Exception as e:  # noqa: BLE001 - a header that reads but data that does not (truncated files)
-            bad[p] = first_line(e, 120)
+            image = images.to_channels(images.decode_image(p), c, p, convert=True)     # (C, h0, w0)
+            if size is None and image.shape[1:] != (h, w):
+                raise InputError(f"its EXIF orientation turns it to {image.shape[1]}x{image.shape[2]}; pass --image-size")
+        except InputError as e:
+            bad[p] = _why(e, p)
             continue
-        out[len(kept)] = image if image.shape[1:] == (h, w) else TF.resize(image, [h, w], antialias=True)
+        image = torch.from_numpy(image if dtype == np.uint8 else images.to_float(image))
+        out[len(kept)] = image if image.shape[1:] == (h, w) else TF.resize(image, [h, w], antialias=True).clamp_(0, 1 if dtype == np.float32 else 255)
         kept.append(p)
     _refuse_bad(folder, bad, skip_bad_files)
     if not kept:
@@ -224,13 +225,25 @@ def _read_folder(folder: Path, size: tuple[int, int] | None, channels: int | Non
     return out[:len(kept)], f"{len(kept)} images{skipped}", kept
 
 
-def _decode(path: Path, channels: int) -> torch.Tensor:
-    """One image file as uint8 (C, H, W), decoded by Pillow (torchvision 0.29 deprecates its own
-    decoders in favour of TorchCodec, which is for video)."""
-    from PIL import Image
+def image_files(folder: Path) -> list[Path]:
+    """The image files under `folder`, sorted, found as torchvision's ImageFolder finds them
+    (os.walk following symlinks, by suffix); hidden files and folders are left out, and a symlink
+    loop is walked once."""
+    found, seen = [], set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [Path(root) / f for f in files if not f.startswith(".") and f.lower().endswith(images.SUFFIXES)
+                  and os.path.isfile(os.path.join(root, f))]
+    return sorted(found)
 
-    with Image.open(path) as im:
-        return TF.pil_to_tensor(im.convert("L" if channels == 1 else "RGB"))
+
+def _why(e: InputError, path: Path) -> str:
+    return str(e).removeprefix(f"cannot read images from {path}: ")
 
 
 def _refuse_bad(folder: Path, bad: dict[Path, str], skip: bool) -> None:
@@ -241,70 +254,34 @@ def _refuse_bad(folder: Path, bad: dict[Path, str], skip: bool) -> None:
 
 
 def _read_array(path: Path, kind: str, size: tuple[int, int] | None, channels: int | None) -> tuple[torch.Tensor, str]:
-    """An .npy array, or the one array (or the array named `images`) of an .npz, as (N, C, H, W). Its shape
-    and dtype come from the header, so memory is checked before the data is read."""
+    """An .npy array, or the one array (or the array named `images`) of an .npz, as (N, C, H, W), read by
+    vae_export.images. Memory is checked from the header, for the size and channels asked for, before
+    the data is read."""
+    what = f"{kind}:{path}"
+
+    def fits(shape: tuple[int, ...], dtype: np.dtype) -> None:
+        n, c, h, w = shape
+        read = n * c * h * w * dtype.itemsize
+        resizing = size is not None and tuple(size) != (h, w)               # TF.resize works in float32
+        _check_memory(n, (max(c, channels or c), *(size or (h, w))), dtype.itemsize, what,
+                      "a smaller --image-size" if resizing else "fewer images", extra=read + 4 * read // dtype.itemsize * resizing)
+
     try:
-        with contextlib.ExitStack() as stack:
-            if kind == "npy":
-                f = stack.enter_context(open(path, "rb"))
-            else:
-                zf = stack.enter_context(zipfile.ZipFile(path))
-                f = stack.enter_context(zf.open(_npz_member(zf, path)))
-            version = np.lib.format.read_magic(f)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, _, dtype = read_header(f)
-            _check_array(shape, dtype, f"{kind}:{path}")
-            f.seek(0)
-            array = np.lib.format.read_array(f, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, SyntaxError, tokenize.TokenError) as e:  # numpy's header parser raises each
-        raise DataError(f"{kind}:{path}: not a readable {kind} file ({first_line(e, 160)})") from None
-    images = _to_nchw(array, f"{kind}:{path}")
-    if images.dtype != np.uint8:
-        if not np.isfinite(images).all() or images.min() < 0 or images.max() > 1:
-            raise DataError(f"{kind}:{path}: float images must lie in [0, 1] (got {images.min():g} .. {images.max():g})")
-        images = images.astype(np.float32, copy=False)
-    return _conform(torch.from_numpy(images), size, channels), f"{len(images)} images, {array.dtype}"
+        array = images.read_array(path, kind, fits)
+    except InputError as e:
+        raise DataError(f"{what}: {_why(e, path)}") from None
+    return _conform(torch.from_numpy(array), size, channels), f"{len(array)} images, {array.dtype}"
 
 
-def _npz_member(zf: zipfile.ZipFile, path: Path) -> str:
-    names = [n for n in zf.namelist() if n.endswith(".npy")]
-    if len(names) == 1:
-        return names[0]
-    if "images.npy" in names:
-        return "images.npy"
-    raise DataError(f"npz:{path}: holds {[n[:-4] for n in names]}; expected one array, or one named 'images'")
-
-
-def _check_array(shape: tuple[int, ...], dtype: np.dtype, what: str) -> None:
-    """Refuse, from the header alone, an array of the wrong type or too big to read."""
-    if dtype != np.uint8 and not np.issubdtype(dtype, np.floating):
-        raise DataError(f"{what}: dtype {dtype}; expected uint8, or float in [0, 1]")
-    if len(shape) not in (3, 4):
-        raise DataError(f"{what}: images have shape {shape}; expected (N, H, W), (N, C, H, W) or (N, H, W, C)")
-    _check_memory(shape[0], shape[1:], dtype.itemsize, what)
-
-
-def _to_nchw(array: np.ndarray, what: str) -> np.ndarray:
-    """(N, H, W) -> (N, 1, H, W); (N, C, H, W) as is; (N, H, W, C) -> (N, C, H, W); C is 1 or 3."""
-    if array.ndim == 3:
-        array = array[:, None]
-    elif array.ndim == 4 and array.shape[1] not in (1, 3) and array.shape[3] in (1, 3):
-        array = array.transpose(0, 3, 1, 2)
-    if array.ndim != 4 or array.shape[1] not in (1, 3):
-        raise DataError(f"{what}: images have shape {array.shape}; expected (N, H, W), (N, C, H, W) or (N, H, W, C) "
-                        "with C = 1 or 3")
-    if len(array) == 0:
-        raise DataError(f"{what}: holds no images")
-    return np.ascontiguousarray(array)
-
-
-def _conform(images: torch.Tensor, size: tuple[int, int] | None, channels: int | None) -> torch.Tensor:
-    """Resize (antialiased) to `size` and convert to `channels`, where they differ from the images'."""
-    if channels is not None and channels != images.shape[1]:
-        images = TF.rgb_to_grayscale(images) if channels == 1 else images.expand(-1, 3, -1, -1).contiguous()
-    if size is not None and tuple(images.shape[2:]) != size:
-        images = TF.resize(images, list(size), antialias=True)
-    return images
+def _conform(x: torch.Tensor, size: tuple[int, int] | None, channels: int | None) -> torch.Tensor:
+    """Convert to `channels` (vae_export.images.to_channels) and resize (antialiased) to `size`, where
+    they differ from the images'."""
+    if channels is not None and channels != x.shape[1]:
+        x = torch.from_numpy(images.to_channels(x.numpy(), channels, "the dataset", convert=True))
+    if size is not None and tuple(x.shape[2:]) != size:
+        x = TF.resize(x, list(size), antialias=True)
+        x = x if x.dtype == torch.uint8 else x.clamp_(0, 1)
+    return x
 
 
 def _split(images: torch.Tensor, test_fraction: float, spec: str) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
@@ -319,23 +296,16 @@ def _split(images: torch.Tensor, test_fraction: float, spec: str) -> tuple[torch
     return images[order[n_test:]], images[order[:n_test]], split
 
 
-def _check_memory(n: int, shape: tuple[int, ...], itemsize: int, what: str, hint: str = "fewer images") -> None:
-    """Refuse before reading a dataset that would not fit: the images as read, a copy for the split, and
-    the float32 copy that training keeps."""
-    pixels = n * int(np.prod(shape))
-    need = pixels * (2 * itemsize + 4)
-    free = _available_memory()
+def _check_memory(n: int, shape: tuple[int, ...], itemsize: int, what: str, hint: str = "fewer images",
+                  extra: int = 0) -> None:
+    """Refuse before reading a dataset that would not fit: the images kept, a copy for the split, the
+    float32 copy that training keeps, and `extra` (the file as read, resize's float32 copy)."""
+    pixels = n * math.prod(shape)
+    need = pixels * (2 * itemsize + 4) + extra
+    free = available_memory()
     if free is not None and need > MEMORY_SHARE * free:
         raise DataError(f"{what}: {n} images of {'x'.join(map(str, shape))} need about {need / 2**30:.1f} GiB in memory, "
                         f"{free / 2**30:.1f} GiB is available; use {hint}")
-
-
-def _available_memory() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration, ValueError):
-        return None
 
 
 def _shape_text(shape: tuple[int, ...]) -> str:

@@ -21,7 +21,7 @@ import torch
 from vae_export.checkpoint import load_checkpoint, save_checkpoint, typed_dataclass
 from vae_export.config import VAEConfig
 from vae_export.errors import CheckpointError, TrainingDiverged, UsageError, VaeExportError, first_line
-from vae_export.files import OwnedDir, atomic_open, run_lock, writable_dir
+from vae_export.files import OwnedDir, atomic_open, made_dir, run_lock, strict_json
 from vae_export.likelihood import bernoulli_draw, check_binarize, static_binarized
 from vae_export.model import VAE, elbo_terms
 
@@ -184,8 +184,7 @@ def _train(config: VAEConfig, settings: TrainSettings, out: str | Path, world: d
     # Flushing them to zero changes no result at float32 precision. Set before any tensor work, so
     # that OpenMP's worker threads, created later, inherit it (the flag is per thread).
     torch.set_flush_denormal(True)
-    out = writable_dir(out)
-    with run_lock(out) if world.is_main else contextlib.nullcontext():  # rank 0 alone writes into out
+    with made_dir(out) as out, run_lock(out) if world.is_main else contextlib.nullcontext():  # rank 0 alone writes into out
         return _train_locked(config, settings, out, world, dev, data_dir, resume, on_batch, on_epoch, on_data)
 
 
@@ -315,7 +314,7 @@ def evaluate(model: VAE, x_all: torch.Tensor, batch_size: int = 2000, seed: int 
 
 def _write_metrics(metrics: list[dict[str, Any]], path: Path) -> None:
     with atomic_open(path, "w") as f:
-        f.writelines(json.dumps(m) + "\n" for m in metrics)
+        f.writelines(json.dumps(strict_json(m), allow_nan=False) + "\n" for m in metrics)
 
 
 def _owned_run(out: Path, resume: bool) -> OwnedDir:

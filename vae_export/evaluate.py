@@ -25,11 +25,14 @@ import torch
 
 from .config import VAEConfig
 from .errors import UsageError
+from .files import require_memory
 from .likelihood import bernoulli_draw, check_binarize, describe, log_likelihood, log_normal, static_binarized
 from .model import VAE
 from .provenance import from_checkpoint
 
 DRAWS_PER_CALL = 16384       # latents decoded per network call (images x samples): bounded memory for any k
+SEED_MAX = 2**63 - 1         # torch's manual_seed and numpy's default_rng both take 0..2^63-1
+K_MAX = 2**31 - 1            # one image's k samples are held at once (see check_inputs' memory estimate)
 ACTIVE_THRESHOLD = 1e-2      # Burda et al.: unit u is active when Cov_x(E_q[z_u]) > 0.01
 
 
@@ -42,8 +45,10 @@ class EvalSettings:
     binarize: str = "none"               # "none" | "dynamic" (a seeded draw) | "static" (the fixed draw)
 
     def __post_init__(self) -> None:
-        if not self.ks or any(k <= 0 for k in self.ks):
-            raise UsageError(f"every k must be > 0, got {', '.join(map(str, self.ks)) or 'none'}")
+        if not self.ks or any(not 0 < k <= K_MAX for k in self.ks):
+            raise UsageError(f"every k must be > 0 and at most {K_MAX}, got {', '.join(map(str, self.ks)) or 'none'}")
+        if not 0 <= self.seed <= SEED_MAX:
+            raise UsageError(f"seed must be 0..{SEED_MAX}, got {self.seed}")
         if self.n_images is not None and self.n_images <= 0:
             raise UsageError(f"n-images must be > 0, got {self.n_images}")
         if self.split not in ("train", "test"):
@@ -202,7 +207,13 @@ def evaluate(nets: Networks, config: VAEConfig, images: torch.Tensor, settings: 
     return summary(figures, config, settings, nets, time.perf_counter() - t0)
 
 
-def check_inputs(config: VAEConfig, images: torch.Tensor, settings: EvalSettings) -> None:
+def check_inputs(config: VAEConfig, images: torch.Tensor | None, settings: EvalSettings) -> None:
+    """Refuse, before any work, settings the model cannot take (`images` None: before the data is read)
+    and a k whose samples would not fit in memory: per image, the noise and latents (float32) and
+    their log-weights (float64) for all k."""
     check_binarize(settings.binarize, config.likelihood)
+    require_memory(max(settings.ks) * (12 * config.latent_dim + 32), f"--k {max(settings.ks):,} (one image's samples)")
+    if images is None:
+        return
     if images.shape[1:] != config.image_shape:
         raise UsageError(f"images have shape {tuple(images.shape[1:])}, the model expects {config.image_shape}")

@@ -27,7 +27,7 @@ from torch import nn
 from . import __version__
 from .config import VAEConfig
 from .errors import ArtifactError, UsageError, first_line
-from .files import atomic_open, sha256_file, writable_dir, write_json
+from .files import atomic_open, sha256_file, strict_json, writable_dir, write_json
 from .model import VAE
 
 DEFAULT_OPSET = 18
@@ -176,7 +176,7 @@ def _quiet_exporter():
 
 def set_metadata(proto: onnx.ModelProto, meta: dict[str, Any]) -> None:
     del proto.metadata_props[:]
-    onnx.helper.set_model_props(proto, {k: json.dumps(v) for k, v in meta.items()})
+    onnx.helper.set_model_props(proto, {k: json.dumps(strict_json(v), allow_nan=False) for k, v in meta.items()})
     proto.producer_name, proto.producer_version = "vae-export", __version__
 
 
@@ -204,7 +204,8 @@ def export_torchscript(model: VAE, checkpoint: dict[str, Any], checkpoint_sha256
         try:
             with warnings.catch_warnings(), atomic_open(path) as f:
                 warnings.simplefilter("ignore")  # torch.jit's deprecation notice; TorchScript still serves libtorch users
-                torch.jit.save(torch.jit.trace(module, example), f, _extra_files={TORCHSCRIPT_EXTRA: json.dumps(meta)})
+                torch.jit.save(torch.jit.trace(module, example), f,
+                               _extra_files={TORCHSCRIPT_EXTRA: json.dumps(strict_json(meta), allow_nan=False)})
         except (RuntimeError, AttributeError, NotImplementedError) as e:  # a torch that has dropped torch.jit
             raise ArtifactError(f"torch {torch.__version__} refused TorchScript, a legacy format "
                                 f"({first_line(e, 150)}): use --format pt2 or --format aoti") from None

@@ -13,6 +13,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -125,20 +126,68 @@ def writable_dir(path: str | os.PathLike) -> Path:
     return path
 
 
-def check_writable(path: str | os.PathLike, folder: bool = False) -> Path:
-    """Refuse, before any work, an output we will not be able to write: a file whose folder is
-    missing or read-only, a folder where a file is, a file where a folder is. Creates nothing."""
+def check_output(path: str | os.PathLike, *, folder: bool = False, suffixes: tuple[str, ...] = (),
+                 inputs: tuple = (), nbytes: int | None = None, option: str = "--out") -> Path:
+    """The one check of an output path, which every command runs before its work (README: Reliability):
+    a known suffix; not one of the command's inputs; no folder where a file goes, nor the reverse; an
+    existing, writable folder to write into (for a folder output: its first existing ancestor, since it
+    is created with its parents); and, when the size is known, room for `nbytes` on that disk.
+    A wrong suffix or an input as output is a UsageError (exit 2); what the file system holds (a folder
+    there, no parent folder, no permission, no room) is a VaeExportError (exit 1).
+    Creates nothing."""
     path = Path(path)
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise UsageError(f"{option} must end in {' or '.join(suffixes)}, got {path.name!r}")
+    for source in inputs:
+        if source is not None and _same_file(path, Path(source)):
+            raise UsageError(f"{option} {path} is also an input ({source}); choose another {'folder' if folder else 'path'}")
     if path.exists() and path.is_dir() != folder:
-        raise VaeExportError(f"{path} exists and is {'not ' if folder else ''}a folder")
-    parent = path if folder and path.exists() else path.parent
-    while folder and not parent.exists():   # a folder is created with its parents: check the first existing one
+        raise VaeExportError(f"{option} {path} exists and is {'not ' if folder else ''}a folder")
+    parent = path if folder else path.parent
+    while folder and not parent.exists() and not parent.is_symlink():   # created with its parents: check the first that exists
         parent = parent.parent
     if not parent.is_dir():
-        raise VaeExportError(f"cannot write {path}: folder {parent} does not exist")
+        raise VaeExportError(f"{option} {path}: folder {parent} does not exist" if not parent.exists() else
+                             f"{option} {path}: {parent} is not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise VaeExportError(f"cannot write {path}: folder {parent} is not writable")
+    if nbytes is not None:
+        sweep_stale(path)  # a crashed run's temp file must not count against this one
+        free = shutil.disk_usage(parent).free
+        if nbytes > free:
+            raise VaeExportError(f"{path}: needs {_size(nbytes)} but its disk has {_size(free)} free; choose another disk")
     return path
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    with contextlib.suppress(OSError):
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    return False
+
+
+def check_writable(path: str | os.PathLike, folder: bool = False) -> Path:
+    """`check_output` without suffixes, inputs or sizes (kept for older callers)."""
+    return check_output(path, folder=folder)
+
+
+@contextlib.contextmanager
+def made_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """`writable_dir` for the length of a block: if the block fails, the folders it had to create are
+    removed again, when still empty (a refused dataset leaves no empty --out behind)."""
+    path = Path(path)
+    created = []
+    missing = path
+    while not missing.exists() and not missing.is_symlink():
+        created.append(missing)
+        missing = missing.parent
+    writable_dir(path)
+    try:
+        yield path
+    except BaseException:
+        for folder in created:                 # deepest first; rmdir refuses a folder that holds anything
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
 
 
 def require_free_space(path: str | os.PathLike, nbytes: int, what: str) -> None:
@@ -218,9 +267,22 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """The one JSON writer: strict JSON (a NaN or infinity, which json.dump would write as a bare
+    `NaN`, becomes null; anything else unserializable is a TypeError before the file is touched)."""
+    text = json.dumps(strict_json(obj), indent=2, allow_nan=False)
     with atomic_open(path, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
+        f.write(text + "\n")
+
+
+def strict_json(obj: Any) -> Any:
+    """`obj` with every non-finite float replaced by None (JSON's null)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
 
 
 LEDGER = ".vae-export-files.json"

@@ -177,6 +177,17 @@ def _module_missing(module: str) -> Callable[[], str]:
     return missing
 
 
+def _opencv_engine_missing(engine: str) -> Callable[[], str]:
+    """OpenCV 5.1 dropped the classic engine: an OpenCV without it has no such runtime to prove."""
+    def missing() -> str:
+        if _module_missing("cv2")():
+            return "no Python module cv2"
+        import cv2
+
+        return "" if hasattr(cv2.dnn, engine) else f"OpenCV {cv2.__version__} has no cv2.dnn.{engine} (5.0 has)"
+    return missing
+
+
 def _run_onnxruntime(path, meta, x, outputs, precision):
     import onnxruntime as ort
 
@@ -244,7 +255,7 @@ RUNNERS = {
     "openvino-bf16": Runner(_module_missing("openvino"), _run_openvino),
     "tract": Runner(_module_missing("tract"), _run_tract),
     "opencv": Runner(_module_missing("cv2"), _run_opencv("ENGINE_AUTO")),
-    "opencv-classic": Runner(_module_missing("cv2"), _run_opencv("ENGINE_CLASSIC")),
+    "opencv-classic": Runner(_opencv_engine_missing("ENGINE_CLASSIC"), _run_opencv("ENGINE_CLASSIC")),
     "node": Runner(_node_missing("onnxruntime-node"), _run_node("node")),
     "web": Runner(_node_missing("onnxruntime-web"), _run_node("web")),
 }

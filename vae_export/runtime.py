@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import os
 import threading
 from pathlib import Path
@@ -22,7 +23,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from .errors import ArtifactError, ProviderUnavailable, UsageError, first_line
+from .errors import ArtifactError, ProviderUnavailable, UsageError, VaeExportError, first_line
+from .files import require_memory
 from .onnx_wire import UINT8_OUTPUT, external_tensor, with_uint8_output
 from .provenance import same_model
 
@@ -33,6 +35,7 @@ SMALL_BATCH = 32                    # up to this batch, one intra-op thread is f
 PRECISIONS = ("fp32", "fp16", "int8")
 OUTPUT_DTYPES = {"float32": np.float32, "uint8": np.uint8}
 LATENT_CHUNK = 4096                 # latents come in fixed chunks, so samples do not depend on batch size
+CHECKED_BYTES = 64 * 2**20          # a call that holds more than this is checked against the free memory first
 
 ort.set_default_logger_severity(3)  # errors only: a CUDA provider that fails to load is reported by us
 
@@ -118,6 +121,7 @@ class _Model:
     outputs: tuple[str, ...] = ()
 
     def __init__(self, path: str | os.PathLike, provider: str = "cpu", threads: int | None = None):
+        _check_args(path, provider, threads)
         self.path = Path(path)
         data = _read_model(self.path)
         self.sha256 = hashlib.sha256(data).hexdigest()   # what sample files record of their decoder
@@ -154,7 +158,7 @@ class _Model:
     def _validated(self, x: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
         try:
             x = np.asarray(x)
-        except (ValueError, TypeError) as e:  # ragged nested lists, objects numpy cannot make an array of
+        except Exception as e:  # noqa: BLE001 - ragged nested lists, objects numpy cannot make an array of (or whose __array__ fails)
             raise UsageError(f"{what} must be an array of shape (batch, {', '.join(map(str, shape))}): {first_line(e)}") from None
         if x.dtype != np.float32:
             if not np.issubdtype(x.dtype, np.floating):
@@ -166,6 +170,17 @@ class _Model:
         if not np.isfinite(x).all():
             raise UsageError(f"{what} contains NaN or infinite values")
         return np.ascontiguousarray(x)
+
+    def _run_checked(self, run):
+        """Run onnxruntime; what it raises (an allocation that fails, a provider error) becomes one typed line."""
+        try:
+            return run()
+        except VaeExportError:
+            raise
+        except MemoryError:
+            raise VaeExportError(f"{self.path}: out of memory; use a smaller batch") from None
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own pybind exception types
+            raise VaeExportError(f"{self.path}: onnxruntime failed ({first_line(e)})") from None
 
 
 class Decoder(_Model):
@@ -191,6 +206,9 @@ class Decoder(_Model):
 
     def __init__(self, path: str | os.PathLike, provider: str = "cpu", threads: int | None = None,
                  precision: str | None = None):
+        _check_args(path, provider, threads)
+        if precision is not None and not isinstance(precision, str):
+            raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         super().__init__(decoder_path(path, precision), provider, threads)
         self.precision = self.metadata.get("variant", "fp32")
         if precision not in (None, self.precision):
@@ -214,13 +232,20 @@ class Decoder(_Model):
         """Decode latents to float32 in [0, 1] or, with dtype "uint8", to round(255 x) computed in the
         graph. With `out` (a C-contiguous array of the output shape and dtype), onnxruntime writes
         straight into it: no per-batch allocation."""
-        if dtype not in OUTPUT_DTYPES:
-            raise UsageError(f"dtype must be one of {', '.join(OUTPUT_DTYPES)}, got {dtype!r}")
+        _check_dtype(dtype)
         z = self._validated(z, self._latent_shape, "latents")
+        shape = (len(z), *self.image_shape)
+        if out is not None and not (isinstance(out, np.ndarray) and out.shape == shape and out.dtype == OUTPUT_DTYPES[dtype]
+                                    and out.flags.c_contiguous and out.flags.writeable):
+            raise UsageError(f"out must be a writable C-contiguous {dtype} array of shape {shape}")
+        _check_memory(math.prod(shape) * np.dtype(OUTPUT_DTYPES[dtype]).itemsize * (1 if out is not None else 2),
+                      f"decoding {len(z):,} latents")
         return self._run(z, out, dtype)
 
     def session_for(self, batch: int, dtype: str = "float32") -> ort.InferenceSession:
         """The session that decodes a batch of this size to this dtype (created on first use)."""
+        _check_int(batch, "batch", 1)
+        _check_dtype(dtype)
         on_cpu = self.provider == PROVIDERS["cpu"]
         threads = self.threads or (1 if batch <= SMALL_BATCH or not on_cpu else physical_cores())
         key = (threads, dtype == "uint8")
@@ -241,12 +266,13 @@ class Decoder(_Model):
         shape, name, np_dtype = (len(z), *self.image_shape), _output_name(dtype), OUTPUT_DTYPES[dtype]
         session = self.session_for(len(z), dtype)
         if out is None and on_cpu:
-            return session.run([name], {"latent_sample": z})[0]  # named outputs: a little less work per call
+            return self._run_checked(lambda: session.run([name], {"latent_sample": z})[0])  # named outputs: less work per call
+        return self._run_checked(lambda: self._run_binding(session, z, out, shape, name, np_dtype, on_cpu))
+
+    def _run_binding(self, session, z, out, shape, name, np_dtype, on_cpu) -> np.ndarray:
         binding = session.io_binding()  # CUDA: one copy in, one out; CPU: write into the caller's buffer
         binding.bind_cpu_input("latent_sample", z)
         if out is not None and on_cpu:
-            if out.shape != shape or out.dtype != np_dtype or not out.flags.c_contiguous:
-                raise UsageError(f"out must be a C-contiguous {dtype} array of shape {shape}")
             binding.bind_output(name, "cpu", 0, np_dtype, list(shape), out.ctypes.data)
             session.run_with_iobinding(binding)
             return out
@@ -274,7 +300,7 @@ class Decoder(_Model):
         session, binding, zin, img, lock = self._bound[key]
         with lock:
             np.copyto(zin, z)
-            session.run_with_iobinding(binding)
+            self._run_checked(lambda: session.run_with_iobinding(binding))
             return img.copy()
 
     def latents(self, seed: int, start: int, stop: int) -> np.ndarray:
@@ -282,9 +308,14 @@ class Decoder(_Model):
         return latent_slice(seed, start, stop, self.latent_dim)
 
     def sample(self, n: int, seed: int = 0, batch_size: int = 1024) -> np.ndarray:
-        """n images decoded from N(0, I) latents drawn with numpy: same seed, same images."""
-        if n <= 0 or batch_size <= 0:
-            raise UsageError(f"n and batch_size must be > 0, got {n} and {batch_size}")
+        """n images decoded from N(0, I) latents drawn with numpy: same seed, same images. All n are
+        held in memory (checked first); `sampling.sample_to_file` streams any n to disk."""
+        _check_int(n, "n", 1)
+        _check_int(batch_size, "batch_size", 1)
+        _check_int(seed, "seed", 0)
+        batch = min(batch_size, n)
+        _check_memory((n + 2 * batch) * 4 * math.prod(self.image_shape) + batch * 4 * self.latent_dim,
+                      f"{n:,} samples (held in memory) in batches of {batch:,}")
         return np.concatenate([self._run(self.latents(seed, i, min(i + batch_size, n)))
                                for i in range(0, n, batch_size)])
 
@@ -325,9 +356,45 @@ class Encoder(_Model):
     role, inputs, outputs = "encoder", ("sample",), ("mu", "logvar")
 
     def encode(self, images: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Pixels in [0, 1] (as images.py reads them): 0..255 values are refused, not silently encoded."""
         x = self._validated(images, self.image_shape, "images")
-        mu, logvar = self.session.run(["mu", "logvar"], {"sample": x})
+        if x.min() < 0 or x.max() > 1:
+            raise UsageError(f"images must lie in [0, 1], found {x.min():g}..{x.max():g}; divide 0..255 pixels by 255")
+        _check_memory(x.nbytes * 2, f"encoding {len(x):,} images")
+        mu, logvar = self._run_checked(lambda: self.session.run(["mu", "logvar"], {"sample": x}))
         return mu, logvar
+
+
+def _check_args(path: Any, provider: Any, threads: Any) -> None:
+    """The constructor's arguments, typed before any file is read."""
+    _check_path(path)
+    if not isinstance(provider, str):
+        raise UsageError(f"provider must be one of cpu, cuda, auto, got {provider!r}")
+    if threads is not None:
+        _check_int(threads, "threads", 1, 1024)
+
+
+def _check_path(path: Any) -> None:
+    if not isinstance(path, (str, os.PathLike)) or "\0" in str(os.fspath(path)):
+        raise UsageError(f"path must be a file or folder name, got {path!r}")
+
+
+def _check_int(value: Any, name: str, low: int, high: int | None = None) -> None:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)) or value < low or (
+            high is not None and value > high):
+        raise UsageError(f"{name} must be an integer >= {low}" + (f" and <= {high}" if high is not None else "")
+                         + f", got {value!r}")
+
+
+def _check_dtype(dtype: Any) -> None:
+    if not isinstance(dtype, str) or dtype not in OUTPUT_DTYPES:
+        raise UsageError(f"dtype must be one of {', '.join(OUTPUT_DTYPES)}, got {dtype!r}")
+
+
+def _check_memory(nbytes: int, what: str) -> None:
+    """Large calls only: reading /proc/meminfo would cost a batch-1 decode more than the decode."""
+    if nbytes > CHECKED_BYTES:
+        require_memory(nbytes, what)
 
 
 def _positive_ints(values: list) -> bool:
@@ -337,6 +404,11 @@ def _positive_ints(values: list) -> bool:
 def latent_slice(seed: int, start: int, stop: int, dim: int) -> np.ndarray:
     """(stop - start, dim) standard-normal float32 latents; chunk k of LATENT_CHUNK rows comes from
     its own generator seeded with (seed, k), so any batching of the same range gives the same rows."""
+    _check_int(seed, "seed", 0)
+    _check_int(start, "start", 0)
+    _check_int(stop, "stop", int(start) + 1)
+    _check_int(dim, "dim", 1)
+    _check_memory((stop - start + 2 * LATENT_CHUNK) * dim * 4, f"{stop - start:,} latents")
     first, last = start // LATENT_CHUNK, (stop - 1) // LATENT_CHUNK
     chunks = [np.random.default_rng([seed, k]).standard_normal((LATENT_CHUNK, dim), dtype=np.float32)
               for k in range(first, last + 1)]
@@ -347,6 +419,7 @@ def latent_slice(seed: int, start: int, stop: int, dim: int) -> np.ndarray:
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The metadata of an exported ONNX file (JSON-decoded), without running it."""
+    _check_path(path)
     data = _read_model(Path(path))
     return _metadata(_loaded(Path(path), lambda: _create(data, 1, [PROVIDERS["cpu"]])), Path(path))
 
@@ -366,10 +439,13 @@ def _read_model(path: Path) -> bytes:
     read that file relative to the current folder, so an untrusted model could pull in any file."""
     if not path.is_file():
         raise ArtifactError(f"no model at {path}")
-    size = path.stat().st_size
-    if size > MAX_MODEL_BYTES:
-        raise ArtifactError(f"{path} is {size} bytes, over the {MAX_MODEL_BYTES}-byte cap for a VAE model")
-    data = path.read_bytes()
+    try:
+        size = path.stat().st_size
+        if size > MAX_MODEL_BYTES:
+            raise ArtifactError(f"{path} is {size} bytes, over the {MAX_MODEL_BYTES}-byte cap for a VAE model")
+        data = path.read_bytes()
+    except OSError as e:
+        raise ArtifactError(f"cannot read {path}: {e.strerror or first_line(e)}") from None
     try:
         external = external_tensor(data)
     except ValueError as e:

@@ -27,7 +27,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import UsageError
-from .files import atomic_open, atomic_path, check_writable, require_free_space, require_memory
+from .files import atomic_open, atomic_path, check_output, require_free_space, require_memory
 from .latents import interpolate, manifold_latents
 from .provenance import header_comment, run_record
 from .runtime import Decoder, latent_slice
@@ -47,13 +47,9 @@ class SampleStats:
         return self.n / self.seconds if self.seconds else float("inf")
 
 
-def check_out_path(path: Path) -> None:
-    """Refuse an output we cannot write before any work starts."""
-    if path.suffix not in SUFFIXES:
-        raise UsageError(f"--out must end in {' or '.join(SUFFIXES)}, got {path.name!r}")
-    if not path.parent.is_dir():
-        raise UsageError(f"--out folder {path.parent} does not exist")
-    check_writable(path)
+def check_out_path(path: Path, inputs: tuple = ()) -> None:
+    """Refuse an output we cannot write before any work starts (files.check_output)."""
+    check_output(path, suffixes=SUFFIXES, inputs=inputs)
 
 
 def check_job_size(path: Path, n: int, batch_size: int, image_shape: tuple[int, ...], dtype: str = "float32") -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import UsageError, VaeExportError
-from .files import atomic_open
+from .files import atomic_open, check_output
 from .provenance import RUN_KEYS, NpyFile, check_tiling, read_npy
 from .sampling import npy_header
 
@@ -52,13 +52,8 @@ def merge(paths: list[Path], out: Path, on_part: Callable[[NpyFile], None] | Non
     The merged file carries the whole run's record: byte for byte the file one process writes."""
     if not paths:
         raise UsageError("merge needs at least one part")
-    if out.suffix != ".npy":
-        raise UsageError(f"--out must end in .npy, got {out.name!r}")
-    if not out.parent.is_dir():
-        raise UsageError(f"--out folder {out.parent} does not exist")
+    check_output(out, suffixes=(".npy",), inputs=tuple(paths))
     resolved = [p.resolve() for p in paths]
-    if out.resolve() in resolved:
-        raise UsageError(f"--out {out} is one of the parts")
     if len(set(resolved)) < len(resolved):
         raise UsageError("a part is given twice")
     parts = check_tiling([read_npy(p) for p in paths])

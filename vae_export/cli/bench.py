@@ -29,7 +29,7 @@ def bench(
     ONNX Runtime CPU/CUDA), every output checked against eager first; training throughput per preset."""
     from ..bench import run_bench
     from ..bench_report import plot_report, print_report
-    from ..files import check_writable, write_json
+    from ..files import check_output, write_json
 
     try:
         sizes = [int(b) for b in batch_sizes.split(",")]
@@ -37,11 +37,9 @@ def bench(
         sizes = []
     if not sizes or not all(0 < b <= 2**20 for b in sizes):
         raise typer.BadParameter(f"--batch-sizes must be integers 1..{2**20} separated by commas, got {batch_sizes!r}")
-    if plot and plot.suffix != ".png":
-        raise typer.BadParameter(f"--plot must end in .png, got {plot.name!r}")
-    for path in (report, plot):  # before minutes of benchmarking, not after
+    for path, option, suffixes in ((report, "--out", ()), (plot, "--plot", (".png",))):  # before minutes of benchmarking
         if path:
-            check_writable(path)
+            check_output(path, suffixes=suffixes, inputs=(checkpoint,), option=option)
     result = run_bench(shipped(checkpoint, "checkpoint.pt"), sizes,
                        [p.strip() for p in providers.split(",")], repeats, train,
                        log=None if quiet else (lambda line: err.print(line, markup=False)),

@@ -38,7 +38,7 @@ def evaluate(
     k: Annotated[str, typer.Option("--k", help="Importance samples per image, comma-separated.")] = "1,10,100,1000,5000",
     n_images: Annotated[Optional[int], typer.Option(min=1, help="Use the first N images of the split.")] = None,
     split: Annotated[Split, typer.Option()] = Split.test,
-    seed: Annotated[int, typer.Option(help="Seeds the importance samples (and a dynamic binarization): keep it "
+    seed: Annotated[int, typer.Option(min=0, max=2**63 - 1, help="Seeds the importance samples (and a dynamic binarization): keep it "
                                            "fixed to compare variants on the same noise.")] = 0,
     binarize: Annotated[Optional[Binarize], typer.Option(help="Pixels for a Bernoulli likelihood [default: as trained].")] = None,
     encoder: Annotated[Optional[Path], typer.Option(help="An exported encoder.onnx in place of the eager encoder.")] = None,
@@ -54,17 +54,18 @@ def evaluate(
 
     from ..checkpoint import load_model
     from ..evaluate import EvalSettings, check_inputs, evaluate as run_evaluation, networks
-    from ..files import sha256_file, writable_dir
+    from ..files import check_output, sha256_file
     from ..progress import SampleProgress
 
-    ks = parse_ks(k)
     if report is not None:
-        writable_dir(report.parent)
+        check_output(report, inputs=(checkpoint, encoder, decoder), option="--report")
+    ks = parse_ks(k)
     model, state = load_model(checkpoint)
     trained = state.get("settings", {})
     settings = EvalSettings(ks=ks, n_images=n_images, split=split.value, seed=seed,
                             binarize=binarize.value if binarize else trained.get("binarize", "none"))
     dev = str(pick_device(device.value))
+    check_inputs(model.config, None, settings)                          # before the data is read
     nets = networks(model, sha256_file(checkpoint), encoder, decoder, dev)
     data = load_run_data(state, resolve_data_dir(data_dir), checkpoint)     # the run's own data, or refused
     images = to_float(data.train if split == Split.train else data.test)

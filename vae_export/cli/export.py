@@ -138,16 +138,16 @@ def _export(checkpoint: Path, out_dir: Path, write, data_dir, quiet: bool, next_
     a failed export never replaces a good one."""
     from ..checkpoint import load_model
     from ..export import MANIFEST, PRODUCER, earlier_exports, write_manifest
-    from ..files import OwnedDir, check_writable, sha256_file
+    from ..files import OwnedDir, check_output, made_dir, sha256_file
     from ..parity import check_parity
 
-    check_writable(out_dir, folder=True)
+    check_output(out_dir, folder=True, inputs=(checkpoint,))
     folder = OwnedDir(out_dir, PRODUCER)
     earlier = set() if folder.ledger() else earlier_exports(out_dir)  # an export from before the ledger: by its sha256s
     folder.check([MANIFEST], adopt=earlier)
     model, state = load_model(checkpoint)
     images, name = _real_images(model, state, data_dir)
-    with folder.rebuild(adopt=earlier, remove_stale=False) as stage:   # only our files are replaced
+    with made_dir(out_dir), folder.rebuild(adopt=earlier, remove_stale=False) as stage:   # only our files are replaced; a failure leaves no new empty folder
         written = write(model, state, sha256_file(checkpoint), stage)
         rows = _parity(lambda: check_parity(model, [w.path for w in written], images=images, images_name=name), quiet)
         sizes = {w.path.name: w.bytes for w in written}
@@ -174,12 +174,11 @@ def parity(
 ):
     """Check every artifact in DIRECTORY against the eager model rebuilt from CHECKPOINT."""
     from ..checkpoint import load_model
-    from ..files import check_writable
-    from ..files import sha256_file
+    from ..files import check_output, sha256_file
     from ..parity import artifacts_in, check_exported_from, check_parity
 
     if report:
-        check_writable(report)
+        check_output(report, inputs=(checkpoint, directory), option="--report")
     model, state = load_model(checkpoint)
     paths = artifacts_in(directory)
     check_exported_from(paths, checkpoint, sha256_file(checkpoint))

@@ -34,11 +34,11 @@ def portability(
     float32. Exit 1 if an installed runtime fails a file (a runtime's known upstream bug is reported, not failed)."""
     from .. import portability as p
     from ..errors import ParityError
-    from ..files import check_writable, write_json
+    from ..files import check_output, write_json
 
-    chosen = p.selected(runtimes)
     if report:
-        check_writable(report)
+        check_output(report, inputs=(directory,), option="--report")
+    chosen = p.selected(runtimes)
     rows = p.check(directory, chosen, n=n)
     if report:
         write_json(report, [r.as_dict() for r in rows])

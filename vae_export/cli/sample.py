@@ -53,7 +53,7 @@ def sample(
     from ..progress import SampleProgress
     from ..runtime import Decoder
 
-    sampling.check_out_path(out_path)
+    sampling.check_out_path(out_path, inputs=(model,))
     if out_path.suffix == ".png" and dtype != OutDtype.float32:
         raise UsageError("--dtype applies to .npy output; a .png grid is always 8-bit")
     if interpolate and min(interpolate) < 0:
@@ -95,7 +95,7 @@ def merge(
     out.print(f"{out_path}: {merged.shape[0]} samples {merged.dtype} from {len(parts)} parts, {merged.nbytes:,} bytes")
 
 
-Images = Annotated[list[Path], typer.Argument(help="Images: .npy arrays (N, C, H, W), or (N, H, W) for one channel, uint8 0..255 or float 0..1; or H x W grayscale/RGB .png files (README: Reliability).")]
+Images = Annotated[list[Path], typer.Argument(help="Images: .npy/.npz arrays (N, H, W), (N, C, H, W) or (N, H, W, C), uint8 0..255 or float 0..1; or H x W image files (.png .jpg .tif .bmp .webp ...; 1/8/16-bit and float grey, RGB, palette), EXIF-upright (vae_export/images.py lists every accepted format).")]
 
 
 @command
@@ -108,13 +108,11 @@ def encode(
     """Encode images to latent means and log-variances through the ONNX encoder."""
     import numpy as np
 
-    from ..files import atomic_open, check_writable
+    from ..files import atomic_open, check_output
     from ..images import read_images
     from ..runtime import Encoder
 
-    if out_path.suffix != ".npz":
-        raise UsageError(f"--out must end in .npz, got {out_path.name!r}")
-    check_writable(out_path)
+    check_output(out_path, suffixes=(".npz",), inputs=(*images, model))
     encoder = Encoder(shipped(model, "encoder.onnx"), provider=provider.value)
     x = read_images(images, encoder.image_shape)
     mu, logvar = encoder.encode(x)
@@ -138,8 +136,8 @@ def reconstruct(
     from ..provenance import same_model
     from ..runtime import Decoder, Encoder
 
-    sampling.check_out_path(out_path)
     folder = model_dir or shipped_dir()
+    sampling.check_out_path(out_path, inputs=(*images, folder / "encoder.onnx", folder / "decoder.onnx"))
     encoder = Encoder(folder / "encoder.onnx", provider=provider.value)
     decoder = Decoder(folder / "decoder.onnx", provider=provider.value)
     same_model([(encoder.path, encoder.metadata), (decoder.path, decoder.metadata)],

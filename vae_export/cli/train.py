@@ -79,7 +79,7 @@ def train(
     from vae_export.training.train import TrainSettings, train as run_training
 
     from ..config import make_config
-    from ..files import check_writable
+    from ..files import check_output
     from ..progress import TrainProgress
 
     saved = {"--preset": preset, "--batch-size": batch_size, "--lr": lr, "--latent-dim": latent_dim, "--beta": beta,
@@ -101,7 +101,7 @@ def train(
              "binarize": binarize.value if binarize else None, "precision": (precision or TrainPrecision.auto).value}
     settings = TrainSettings(epochs=epochs, patience=patience, limit=limit, skip_bad_files=skip_bad_files,
                              **{k: v for k, v in given.items() if v is not None})
-    out_dir = check_writable(out_dir or Path("runs") / preset_name, folder=True)
+    out_dir = check_output(out_dir or Path("runs") / preset_name, folder=True)
     if nproc > 1:  # the options are valid: now run this very command in nproc processes
         if "LOCAL_RANK" in os.environ:
             raise UsageError("--nproc starts torchrun itself; under torchrun, leave it out")

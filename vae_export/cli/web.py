@@ -21,8 +21,10 @@ def web(
 ):
     """Build a self-contained web page that samples the decoder in the visitor's browser (onnxruntime-web).
     Writes only its own files into --out (listed in .vae-export-files.json) and keeps anything else there."""
+    from ..files import check_output
     from ..web import build_site, listen, serve as serve_site
 
+    check_output(out_dir, folder=True, inputs=(export_dir,))
     server = listen(out_dir, port) if serve else None   # a taken port is refused before the site is written
     try:
         site = build_site(export_dir, out_dir)
