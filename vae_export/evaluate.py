@@ -26,7 +26,7 @@ import torch
 from .config import VAEConfig
 from .errors import UsageError
 from .likelihood import bernoulli_draw, check_binarize, describe, log_likelihood, log_normal, static_binarized
-from .model import VAE
+from .model import VAE, pixel_sigma
 
 DRAWS_PER_CALL = 16384       # latents decoded per network call (images x samples): bounded memory for any k
 ACTIVE_THRESHOLD = 1e-2      # Burda et al.: unit u is active when Cov_x(E_q[z_u]) > 0.01
@@ -128,6 +128,8 @@ def per_image(nets: Networks, x: torch.Tensor, config: VAEConfig, settings: Eval
     and `mu` (N, L), the posterior means for the active-unit count. The k samples of an image are
     drawn once (max k) and the estimate for each smaller k averages its disjoint groups of k."""
     kmax, dev = max(settings.ks), x.device
+    sigma = pixel_sigma(config)
+    sigma = sigma.to(dev) if isinstance(sigma, torch.Tensor) else sigma
     batch = max(1, DRAWS_PER_CALL // kmax)              # images per batch
     chunk = min(kmax, DRAWS_PER_CALL // batch)          # samples per network call
     out = {"nll": [], "recon": [], "kl": [], "mu": []}
@@ -141,7 +143,7 @@ def per_image(nets: Networks, x: torch.Tensor, config: VAEConfig, settings: Eval
             e = eps[:, s: s + chunk]                                           # (B, c, L)
             z = mu[:, None] + torch.exp(0.5 * logvar)[:, None] * e             # (B, c, L)
             logits = nets.decode_logits(z.flatten(0, 1)).unflatten(0, e.shape[:2])  # (B*c, C, H, W) -> (B, c, C, H, W)
-            ll = log_likelihood(logits, xb[:, None], config.likelihood, config.sigma)   # (B, c)
+            ll = log_likelihood(logits, xb[:, None], config.likelihood, sigma)          # (B, c)
             log_q = log_normal(e) - 0.5 * logvar.sum(-1, keepdim=True)         # log q(z|x), exact via eps
             log_w.append((ll + log_normal(z) - log_q).double())
             log_px_z.append(ll.double())
@@ -178,7 +180,7 @@ def summary(figures: dict[str, torch.Tensor], config: VAEConfig, settings: EvalS
     return {
         "nll": rows, "elbo_nats": recon + kl, "recon_nats": recon, "kl_nats": kl,
         "active_units": int((variance > ACTIVE_THRESHOLD).sum()), "latent_dim": config.latent_dim,
-        "likelihood": config.likelihood, "sigma": config.sigma if config.likelihood == "gaussian" else None,
+        "likelihood": config.likelihood, "sigma": config.sigma if config.likelihood == "gaussian" else (list(config.channel_sigma) or None),
         "binarize": settings.binarize, "meaning": describe(config.likelihood, config.sigma, settings.binarize),
         "n_images": n, "encoder": nets.encoder, "decoder": nets.decoder, "seconds": round(seconds, 2),
         "settings": {**asdict(settings), "ks": list(settings.ks)},

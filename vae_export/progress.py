@@ -39,7 +39,7 @@ class TrainProgress:
         if not self.quiet:
             self.console.print(f"epoch {m['epoch']:>3}/{self.epochs}  train {m['train_loss']:8.2f}  "
                                f"test {m['test_loss']:8.2f} (recon {m['test_recon']:.2f}, KL {m['test_kl']:.2f})  "
-                               f"{m['seconds']:.1f} s  {m['train_samples_per_s']:,.0f} img/s")
+                               f"PSNR {m.get('test_psnr', float('nan')):.1f} dB  {m['seconds']:.1f} s  {m['train_samples_per_s']:,.0f} img/s")
 
 
 class SampleProgress:

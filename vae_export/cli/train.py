@@ -25,8 +25,10 @@ class TrainPrecision(str, Enum):
 
 
 class Likelihood(str, Enum):
+    auto = "auto"
     bernoulli = "bernoulli"
     gaussian = "gaussian"
+    calibrated = "calibrated"
 
 
 SEED_MAX = 2**63 - 2          # torch seeds are 64-bit; the noise generator takes seed + 1
@@ -48,7 +50,10 @@ def train(
     lr: Annotated[Optional[float], typer.Option(help="Adam learning rate (> 0).", show_default="0.001")] = None,
     latent_dim: Annotated[Optional[int], typer.Option(min=1, max=2**16, help="Override the preset's latent size.")] = None,
     beta: Annotated[Optional[float], typer.Option(min=0.0, help="KL weight (1 = the ELBO).")] = None,
-    likelihood: Annotated[Optional[Likelihood], typer.Option(help="Override the preset's likelihood.")] = None,
+    likelihood: Annotated[Optional[Likelihood], typer.Option(help="Override the preset's likelihood. auto (every preset but "
+                                                                 "mlp-deep): bernoulli for binary or MNIST-like images, calibrated "
+                                                                 "(a Gaussian with sigma = the RMSE per channel) for colour and "
+                                                                 "grey-level photos; the choice is logged.")] = None,
     sigma: Annotated[Optional[float], typer.Option(help="Gaussian likelihood: the fixed pixel "
                                     "std (> 0) [default: sqrt(1/2), i.e. summed squared error].")] = None,
     binarize: Annotated[Optional[Binarize], typer.Option(show_default="none", help="Binary pixels for a normalized Bernoulli "
@@ -125,7 +130,7 @@ def train(
         return
     last = metrics[-1]
     out.print(f"{out_dir / 'checkpoint.pt'}: epoch {last['epoch']}, test loss {last['test_loss']:.2f} nats/image "
-              f"(recon {last['test_recon']:.2f}, KL {last['test_kl']:.2f}), {sum(m['seconds'] for m in metrics):.1f} s training")
+              f"(recon {last['test_recon']:.2f}, KL {last['test_kl']:.2f}), PSNR {last['test_psnr']:.1f} dB, {sum(m['seconds'] for m in metrics):.1f} s training")
     if not quiet:
         err.print(f"next: vae-export onnx {out_dir / 'checkpoint.pt'} --out {out_dir / 'export'}")
 
