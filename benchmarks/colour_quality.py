@@ -1,6 +1,6 @@
 """Does a model trained with the CLI's defaults keep its images' colours? Writes a folder of colour
 images drawn unlike examples/make_shapes.py (1-3 triangles, rings and crosses on a two-colour gradient),
-trains `vae-export train --dataset folder:...` for at most a wall-clock budget (Ctrl-C at the limit
+trains `vae-export train --dataset folder:...` for at most a wall-clock budget (SIGTERM at the limit
 keeps the last epoch's checkpoint), exports ONNX and reconstructs held-out images (another seed, never
 seen in training) through the exported encoder and decoder. Prints PSNR, colour error and channel spread.
 
@@ -93,7 +93,7 @@ def main() -> None:
     try:
         proc.wait(timeout=args.minutes * 60)
     except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGINT)     # as Ctrl-C: the last finished epoch's checkpoint stays
+        proc.send_signal(signal.SIGTERM)    # the last finished epoch's checkpoint stays
         proc.wait()
     seconds = time.perf_counter() - t0
     subprocess.run([*cli, "onnx", str(run / "checkpoint.pt"), "--out", str(run / "export")], check=True)

@@ -35,6 +35,7 @@ PRECISIONS = ("auto", "fp32", "bf16")   # auto: bf16 on CUDA, fp32 on CPU (see d
 @dataclass(frozen=True)
 class TrainSettings:
     epochs: int = 10
+    min_steps: int = 0                # small datasets: more epochs, until this many optimizer steps (CLI default 2000)
     batch_size: int = 128
     lr: float = 1e-3
     seed: int = 1
@@ -90,6 +91,7 @@ class BatchProgress(NamedTuple):
     batches: int        # batches in this epoch
     images: int         # images done in this epoch
     loss: float         # running mean loss per image (nats)
+    epochs: int = 0     # epochs the run will reach
 
 
 OnBatch = Callable[[BatchProgress], None]
@@ -216,6 +218,9 @@ def _train_locked(config: VAEConfig, settings: TrainSettings, out: Path, world: 
         if run.data.get("likelihood_choice"):
             on_data(run.data["likelihood_choice"])
 
+    if settings.min_steps and not resume:   # a small dataset trains for epochs enough to make min_steps steps
+        per_epoch = math.ceil(len(data.train[: settings.limit]) / settings.batch_size)
+        settings = run.settings = dataclasses.replace(settings, epochs=max(settings.epochs, math.ceil(settings.min_steps / per_epoch)))
     train_x = to_float(data.train[: settings.limit]).to(dev)
     test_x = to_float(data.test[: settings.limit]).to(dev)
     del data
@@ -305,7 +310,7 @@ def train_epoch(run: Run, epoch: int, x_all: torch.Tensor, on_batch: OnBatch | N
                 raise TrainingDiverged(f"loss became {running} in batch {i + 1}; the last good checkpoint is kept "
                                        "(try a lower --lr or --beta)")
             if on_batch:
-                on_batch(BatchProgress(epoch, i + 1, len(index), int(seen_all), running))
+                on_batch(BatchProgress(epoch, i + 1, len(index), int(seen_all), running, run.settings.epochs))
     if likelihood == "calibrated":   # the epoch's sigma, which evaluation and the checkpoint use
         channel_sigma = tuple(round(v, 6) for v in (squared / len(index)).sqrt().tolist())
         run.config = run.model.config = dataclasses.replace(run.config, channel_sigma=channel_sigma)

@@ -25,6 +25,7 @@ class TrainProgress:
         return self.bar.__exit__(*exc)
 
     def batch(self, p) -> None:  # p: training.train.BatchProgress
+        self.epochs = p.epochs or self.epochs   # more than asked on a small dataset (min_steps)
         if self.task is None:
             self.t0 = time.perf_counter()
             self.task = self.bar.add_task("", total=p.batches, loss=p.loss, rate=0.0)

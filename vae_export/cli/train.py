@@ -32,6 +32,7 @@ class Likelihood(str, Enum):
 
 
 SEED_MAX = 2**63 - 2          # torch seeds are 64-bit; the noise generator takes seed + 1
+MIN_STEPS = 2000              # without --epochs: a small dataset trains until this many steps (colour needs them)
 SIZE_MAX = 2**31 - 1          # torch indexes batches and slices with 32/64-bit integers
 
 
@@ -45,7 +46,8 @@ class Binarize(str, Enum):
 @needs_train_extra
 def train(
     preset: Annotated[Optional[Preset], typer.Option(help="Architecture preset.", show_default="mlp")] = None,
-    epochs: Annotated[int, typer.Option(min=1, max=SIZE_MAX, help="Total epochs to reach (also with --resume).")] = 10,
+    epochs: Annotated[Optional[int], typer.Option(min=1, max=SIZE_MAX, show_default="10, or more on a small dataset: as many as make 2000 steps",
+                                                  help="Total epochs to reach (also with --resume).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(min=1, max=SIZE_MAX, show_default="128")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Adam learning rate (> 0).", show_default="0.001")] = None,
     latent_dim: Annotated[Optional[int], typer.Option(min=1, max=2**16, help="Override the preset's latent size.")] = None,
@@ -105,7 +107,7 @@ def train(
     given = {"batch_size": batch_size, "lr": lr, "seed": seed, "dataset": dataset, "test_fraction": test_fraction,
              "image_size": _sizes(image_size, "x", "--image-size", "64x64", 2), "image_channels": channels,
              "binarize": binarize.value if binarize else None, "precision": (precision or TrainPrecision.auto).value}
-    settings = TrainSettings(epochs=epochs, patience=patience, limit=limit, skip_bad_files=skip_bad_files,
+    settings = TrainSettings(epochs=epochs or 10, min_steps=0 if epochs or resume else MIN_STEPS, patience=patience, limit=limit, skip_bad_files=skip_bad_files,
                              **{k: v for k, v in given.items() if v is not None})
     out_dir = check_writable(out_dir or Path("runs") / preset_name, folder=True)
     if nproc > 1:  # the options are valid: now run this very command in nproc processes
@@ -119,7 +121,7 @@ def train(
         parallel = distributed.describe(world, settings.batch_size, settings.lr)
         err.print(f"{world.size} processes: effective batch {settings.batch_size} "
                   f"({parallel['batch_per_rank']} per process), lr {settings.lr}")
-    progress = TrainProgress(err, epochs, quiet)
+    progress = TrainProgress(err, settings.epochs, quiet)
     with progress:
         metrics = run_training(config, settings, out_dir, data_dir=data_dir, device=device.value, resume=resume,
                                on_batch=progress.batch, on_epoch=progress.epoch,
