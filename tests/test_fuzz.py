@@ -6,13 +6,14 @@ never another exception. `pytest --hypothesis-show-statistics` prints how many c
 from __future__ import annotations
 
 import io
+import json
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
@@ -215,3 +216,80 @@ def test_runtime_input_checks_convert_or_refuse(networks, case):
     assert a.dtype.kind == "f", a.dtype
     assert a.shape[0] >= 1 and all(o.dtype == np.float32 and len(o) == len(a) for o in out)
     assert np.isfinite(a.astype(np.float32)).all()
+
+
+@pytest.fixture(scope="module")
+def sample_files(tmp_path_factory):
+    """(whole-run bytes, candidates): one run of 60 samples cut as 3 parts and as 2 parts (the parts of
+    both cuts tile it), the whole file, and files that must never be joined into it: a part of
+    another seed, another program's .npy of a part's very pixels, a truncated copy of a part."""
+    from vae_export.runtime import Decoder
+    from vae_export.sampling import sample_to_file
+    from vae_export.shards import shard_range
+
+    d, n = tmp_path_factory.mktemp("merge"), 60
+    decoder = Decoder(SHIPPED / "decoder.onnx", threads=1)
+    sample_to_file(decoder, d / "whole.npy", n, seed=1, dtype="uint8")
+    files = {"whole.npy": range(0, n)}
+    for count in (3, 2):
+        for k in range(count):
+            rows = shard_range(n, k, count)
+            sample_to_file(decoder, d / f"{k}of{count}.npy", n, seed=1, dtype="uint8", start=rows.start,
+                           stop=rows.stop, part=(k, count))
+            files[f"{k}of{count}.npy"] = rows
+    sample_to_file(decoder, d / "seed2.npy", n, seed=2, dtype="uint8", start=20, stop=40, part=(1, 3))
+    np.save(d / "foreign.npy", np.load(d / "1of3.npy"))
+    (d / "truncated.npy").write_bytes((d / "2of3.npy").read_bytes()[:-1])
+    candidates = [(d / name, files.get(name)) for name in [*files, "seed2.npy", "foreign.npy", "truncated.npy"]]
+    return (d / "whole.npy").read_bytes(), n, candidates
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_merge_writes_exactly_the_one_run_bytes_or_refuses_before_writing(sample_files, data):
+    """Any subset of parts, in any order, with foreign files among them: merge writes the one-run file
+    exactly when the parts tile the run (each sample once), and otherwise refuses with nothing written."""
+    from vae_export.shards import merge
+
+    whole, n, candidates = sample_files
+    cut = data.draw(st.sampled_from([candidates[1:4], candidates[4:6], candidates[:1]]))     # 3 parts, 2 parts, whole
+    kept = [c for c, keep in zip(cut, data.draw(st.lists(st.booleans(), min_size=len(cut), max_size=len(cut)))) if keep]
+    extra = data.draw(st.lists(st.sampled_from(candidates), max_size=2))
+    chosen = list({c[0]: c for c in kept + extra}.values()) or [cut[0]]
+    chosen = data.draw(st.permutations(chosen))
+    rows = sorted((r.start, r.stop) for _, r in chosen if r is not None)
+    tiles = len(rows) == len(chosen) and [a for a, _ in rows] == [0, *(b for _, b in rows[:-1])] and rows[-1][1] == n
+    event("tiles the run" if tiles else "does not tile it")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "all.npy"
+        try:
+            merge([path for path, _ in chosen], out)
+        except VaeExportError:
+            assert not tiles and list(Path(tmp).iterdir()) == []
+            return
+        assert tiles and out.read_bytes() == whole
+
+
+@FUZZ
+@given(st.one_of(st.text(max_size=200), st.dictionaries(st.sampled_from(["samples", "n", "seed", "dtype", "rows", "part",
+                                                                         "decoder_sha256", "checkpoint_sha256", "precision"]),
+                                                        st.one_of(st.integers(), st.text(max_size=5), st.none(),
+                                                                  st.lists(st.integers(), max_size=3))).map(json.dumps)),
+       st.sampled_from(["# vae-export ", "#vae-export ", "# ", ""]))
+def test_any_header_record_is_read_or_refused_in_one_line(text, mark):
+    """Whatever follows the dict of a .npy header (an edited or foreign record, a stray quote or
+    backslash), reading the part and merging it gives a record or a VaeExportError, never another exception."""
+    from vae_export.shards import merge
+
+    comment = (mark + text).encode("latin1", "replace").replace(b"\n", b" ").replace(b"\r", b" ")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "part.npy"
+        buf = io.BytesIO()
+        np.lib.format.write_array_header_1_0(buf, {"descr": "|u1", "fortran_order": False, "shape": (2, 1, 2, 2)})
+        header = buf.getvalue()[:-1].rstrip(b" ") + b"  " + comment
+        header += b" " * (-(len(header) + 1) % 64) + b"\n"
+        path.write_bytes(header[:8] + len(header[10:]).to_bytes(2, "little") + header[10:] + bytes(8))
+        try:
+            merge([path], Path(tmp) / "all.npy")
+        except VaeExportError:
+            pass

@@ -54,8 +54,9 @@ def test_colour_folder_trains_exports_and_samples_in_colour(folder, tmp_path):
     assert "300 images; 270 train / 30 test, 32x32 RGB" in result.stderr
     state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert state["config"]["image_shape"] == (3, 32, 32)
-    assert state["data"]["split"] == {"source": "split", "seed": SPLIT_SEED, "test_fraction": 0.1, "images": 300,
-                                      "train": 270, "test": 30}
+    split = dict(state["data"]["split"])
+    assert len(split.pop("sha256")) == 64                 # the files' content (test_provenance.py)
+    assert split == {"source": "split", "seed": SPLIT_SEED, "test_fraction": 0.1, "images": 300, "train": 270, "test": 30}
     assert {Image.open(tmp_path / "run" / f).mode for f in ("samples.png", "reconstruction.png", "manifold.png")} == {"RGB"}
 
     result = run("onnx", tmp_path / "run" / "checkpoint.pt", "--out", tmp_path / "export")
@@ -123,8 +124,8 @@ def write_header_only_npy(path, shape):
         np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": shape})
 
 
-@pytest.mark.parametrize("case", ["empty", "corrupt", "mixed", "too-big", "bad-shape", "out-of-range", "unknown",
-                                  "bad-size", "bad-channels", "odd-size-conv"])
+@pytest.mark.parametrize("case", ["empty", "corrupt", "mixed", "too-big", "bad-shape", "bad-header", "out-of-range",
+                                  "unknown", "bad-size", "bad-channels", "odd-size-conv"])
 def test_bad_input_is_refused_in_one_line(folder, tmp_path, case):
     data = tmp_path / "data"
     data.mkdir()
@@ -146,6 +147,11 @@ def test_bad_input_is_refused_in_one_line(folder, tmp_path, case):
     elif case == "bad-shape":
         np.save(data / "x.npy", np.zeros((4, 5, 8, 8), np.uint8))
         spec, code, words = f"npy:{data / 'x.npy'}", 1, "C = 1 or 3"
+    elif case == "bad-header":  # numpy's header parser raises tokenize.TokenError on an unclosed bracket
+        header = b"{'descr': '|u1', 'fortran_order': False, 'shape': (4, 8, 8), }  ["
+        header += b" " * (-(len(header) + 11) % 64) + b"\n"
+        (data / "x.npy").write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + bytes(256))
+        spec, code, words = f"npy:{data / 'x.npy'}", 1, "not a readable npy file"
     elif case == "out-of-range":
         np.savez(data / "x.npz", images=np.full((4, 8, 8), 2.0, np.float32))
         spec, code, words = f"npz:{data / 'x.npz'}", 1, "[0, 1]"
@@ -179,6 +185,6 @@ def test_resume_refuses_data_that_changed(tmp_path):
     train(make_config("mlp-small"), settings, tmp_path / "run")
     np.save(tmp_path / "a.npy", rng.integers(0, 256, (50, 8, 8), dtype=np.uint8))    # images added since
     before = (tmp_path / "run" / "checkpoint.pt").read_bytes()
-    with pytest.raises(VaeExportError, match="resume on the same data"):
+    with pytest.raises(VaeExportError, match="not the run's own data"):
         train(make_config("mlp-small"), dataclasses.replace(settings, epochs=2), tmp_path / "run", resume=True)
     assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before

@@ -13,7 +13,9 @@ Folders and arrays are split here, by `test_fraction` with a fixed seed (SPLIT_S
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import tokenize
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +27,7 @@ from torchvision import datasets
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms.v2 import functional as TF
 
-from vae_export.errors import DataNotFound, UsageError, VaeExportError, first_line
+from vae_export.errors import DataNotFound, ProvenanceError, UsageError, VaeExportError, first_line
 
 DATASETS = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST,
             "cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100}
@@ -37,6 +39,10 @@ GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}   # Pillow modes read as grey by
 
 class DataError(VaeExportError):
     """A dataset is unreadable, corrupt, empty or inconsistent."""
+
+
+class DataChanged(ProvenanceError):
+    """The data a run was trained on is not the data found now (more images, other files)."""
 
 
 @dataclass
@@ -89,10 +95,11 @@ def load_dataset(spec: str, root: str | Path, *, image_size: tuple[int, int] | N
     if not path.exists():
         raise DataNotFound(f"{spec}: {path} does not exist")
     if kind == "folder":
-        images, what = _read_folder(path, size, channels, skip_bad_files)
+        images, what, files = _read_folder(path, size, channels, skip_bad_files)
     else:
-        images, what = _read_array(path, kind, size, channels)
+        (images, what), files = _read_array(path, kind, size, channels), [path]
     train, test, split = _split(images, test_fraction, spec)
+    split["sha256"] = files_digest(files, path)    # what the run's own data is: checked by --resume and evaluate
     return Data(train, test, f"{spec} ({what}; {len(train)} train / {len(test)} test, {_shape_text(train.shape[1:])}, "
                 f"split seed {SPLIT_SEED})", split)
 
@@ -102,6 +109,41 @@ def load_from_settings(settings: Mapping[str, Any], root: str | Path, download: 
     return load_dataset(settings.get("dataset", "mnist"), root, image_size=settings.get("image_size"),
                         channels=settings.get("image_channels"), test_fraction=settings.get("test_fraction", 0.1),
                         skip_bad_files=settings.get("skip_bad_files", False), download=download)
+
+
+def load_run_data(state: Mapping[str, Any], root: str | Path, checkpoint: str | Path, download: bool = True) -> Data:
+    """The data a checkpoint was trained on, refused if it is not that data any more: the one check
+    behind `train --resume`, `evaluate` and `onnx --int8`'s test-loss figure, so that no command
+    scores a "test" split that now holds training images."""
+    data = load_from_settings(state.get("settings", {}), root, download)
+    check_same_data(state.get("data") or {}, tuple(state["config"]["image_shape"]), data, checkpoint)
+    return data
+
+
+def check_same_data(recorded: Mapping[str, Any], image_shape: tuple[int, ...], data: Data, checkpoint: str | Path) -> None:
+    """`data` must be the images a run recorded (checkpoint["data"]): the same image shape, and the same
+    split: image counts and, for folders and arrays, the sha256 of the files' contents. A checkpoint
+    written before a field was recorded is held to the fields it has."""
+    split = recorded.get("split") or {}
+    changed = [k for k in split if data.split.get(k) != split[k]]
+    if tuple(data.image_shape) != tuple(image_shape) or changed:
+        why = "its files' content changed" if changed == ["sha256"] else (
+            f"{', '.join(f'{k} {split[k]} -> {data.split.get(k)}' for k in changed if k != 'sha256')}" if changed
+            else f"image shape {tuple(image_shape)} -> {data.image_shape}")
+        raise DataChanged(f"{checkpoint} was trained on {recorded.get('description') or 'other data'}; the data now is "
+                          f"{data.description} ({why}): not the run's own data; restore it, or train a new run on it")
+
+
+def files_digest(files: list[Path], root: Path) -> str:
+    """sha256 over the files' names (relative to root) and contents, in order: the data's identity,
+    independent of how (and by which library version) the pixels are decoded."""
+    digest = hashlib.sha256()
+    for path in files:
+        name = path.name if path == root else str(path.relative_to(root))
+        digest.update(name.encode("utf-8", "surrogateescape") + b"\0")
+        with open(path, "rb") as f:
+            digest.update(hashlib.file_digest(f, "sha256").digest())
+    return digest.hexdigest()
 
 
 def load_images(dataset: str, root: str | Path, train: bool, download: bool = True) -> torch.Tensor:
@@ -135,10 +177,10 @@ def batches(n: int, batch_size: int, generator: torch.Generator | None) -> list[
 
 
 def _read_folder(folder: Path, size: tuple[int, int] | None, channels: int | None,
-                 skip_bad_files: bool) -> tuple[torch.Tensor, str]:
+                 skip_bad_files: bool) -> tuple[torch.Tensor, str, list[Path]]:
     """Every image under `folder` (recursively, as ImageFolder finds them; labels ignored) as one uint8
     tensor. A first pass reads only the headers (size and mode) to settle the shape and check memory;
-    the second decodes and resizes (antialiased, aspect ratio not kept)."""
+    the second decodes and resizes (antialiased, aspect ratio not kept). Also returns the files read."""
     from PIL import Image
 
     if not folder.is_dir():
@@ -166,20 +208,20 @@ def _read_folder(folder: Path, size: tuple[int, int] | None, channels: int | Non
     c = channels or (1 if all(mode in GREY_MODES for _, mode in headers.values()) else 3)
     _check_memory(len(headers), (c, h, w), 1, f"folder:{folder}", "a smaller --image-size or fewer images")
     out = torch.empty(len(headers), c, h, w, dtype=torch.uint8)
-    kept = 0
+    kept = []
     for p in headers:
         try:
             image = _decode(p, c)                                   # (C, h0, w0)
         except Exception as e:  # noqa: BLE001 - a header that reads but data that does not (truncated files)
             bad[p] = first_line(e, 120)
             continue
-        out[kept] = image if image.shape[1:] == (h, w) else TF.resize(image, [h, w], antialias=True)
-        kept += 1
+        out[len(kept)] = image if image.shape[1:] == (h, w) else TF.resize(image, [h, w], antialias=True)
+        kept.append(p)
     _refuse_bad(folder, bad, skip_bad_files)
-    if kept == 0:
+    if not kept:
         raise DataError(f"folder:{folder}: none of its {len(paths)} image files could be read")
     skipped = f", {len(bad)} unreadable skipped" if bad else ""
-    return out[:kept], f"{kept} images{skipped}"
+    return out[:len(kept)], f"{len(kept)} images{skipped}", kept
 
 
 def _decode(path: Path, channels: int) -> torch.Tensor:
@@ -214,7 +256,7 @@ def _read_array(path: Path, kind: str, size: tuple[int, int] | None, channels: i
             _check_array(shape, dtype, f"{kind}:{path}")
             f.seek(0)
             array = np.lib.format.read_array(f, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, SyntaxError, tokenize.TokenError) as e:  # numpy's header parser raises each
         raise DataError(f"{kind}:{path}: not a readable {kind} file ({first_line(e, 160)})") from None
     images = _to_nchw(array, f"{kind}:{path}")
     if images.dtype != np.uint8:

@@ -26,7 +26,7 @@ from vae_export.likelihood import bernoulli_draw, calibrated_sigma, check_binari
 from vae_export.model import VAE, elbo_terms, pixel_sigma
 
 from . import distributed, plots
-from .data import Data, batches, load_from_settings, parse_dataset, resolve_data_dir, to_float
+from .data import batches, check_same_data, load_from_settings, parse_dataset, resolve_data_dir, to_float
 
 CHECKPOINT = "checkpoint.pt"
 PRECISIONS = ("auto", "fp32", "bf16")   # auto: bf16 on CUDA, fp32 on CPU (see docs/benchmarks.md)
@@ -198,7 +198,7 @@ def _train_locked(config: VAEConfig, settings: TrainSettings, out: Path, world: 
         run = Run.resume(distributed.from_main(load_checkpoint(out / CHECKPOINT) if world.is_main else None),
                          settings.epochs, dev, out / CHECKPOINT)
         data = load_from_settings(dataclasses.asdict(run.settings), resolve_data_dir(data_dir))
-        _check_same_data(run, data, out / CHECKPOINT)
+        check_same_data(run.data, run.config.image_shape, data, out / CHECKPOINT)
     elif (out / CHECKPOINT).exists():
         raise UsageError(f"{out / CHECKPOINT} already exists: pass --resume to continue it, or choose another --out")
     else:
@@ -263,13 +263,6 @@ def _train_locked(config: VAEConfig, settings: TrainSettings, out: Path, world: 
             with contextlib.suppress(OSError) if failing else contextlib.nullcontext():  # keep the first error
                 plots.save_loss_curve(run.metrics[:saved], out / "loss.png")
     return run.metrics[:saved]
-
-
-def _check_same_data(run: Run, data: Data, checkpoint: Path) -> None:
-    """A resumed run must see the images it started with: same shape, same split."""
-    if data.image_shape != run.config.image_shape or data.split != run.data.get("split", data.split):
-        raise VaeExportError(f"{checkpoint} was trained on {run.data.get('description', run.config.image_shape)}; "
-                             f"the data now is {data.description}: resume on the same data, or start a new --out")
 
 
 def train_epoch(run: Run, epoch: int, x_all: torch.Tensor, on_batch: OnBatch | None,

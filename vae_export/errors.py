@@ -22,6 +22,11 @@ class UsageError(VaeExportError):
     exit_code = 2
 
 
+class ProvenanceError(UsageError):
+    """Files given together do not belong together: parts of different runs or with a gap, models of
+    different checkpoints, data that changed since training. Exit code 2: the files given are wrong."""
+
+
 class DataNotFound(VaeExportError):
     """The dataset is not where we looked and cannot be downloaded."""
 

@@ -27,6 +27,7 @@ from .config import VAEConfig
 from .errors import UsageError
 from .likelihood import bernoulli_draw, check_binarize, describe, log_likelihood, log_normal, static_binarized
 from .model import VAE, pixel_sigma
+from .provenance import from_checkpoint
 
 DRAWS_PER_CALL = 16384       # latents decoded per network call (images x samples): bounded memory for any k
 ACTIVE_THRESHOLD = 1e-2      # Burda et al.: unit u is active when Cov_x(E_q[z_u]) > 0.01
@@ -93,10 +94,7 @@ def _check_same_model(network, config: VAEConfig, checkpoint_sha256: str) -> Non
     if meta["latent_dim"] != config.latent_dim or tuple(meta["image_shape"]) != config.image_shape:
         raise UsageError(f"{network.path} has latent_dim {meta['latent_dim']} and image shape {meta['image_shape']}, "
                          f"but the checkpoint has {config.latent_dim} and {list(config.image_shape)}: not one model")
-    if meta.get("checkpoint_sha256") != checkpoint_sha256:
-        raise UsageError(f"{network.path} was exported from another checkpoint (sha256 "
-                         f"{str(meta.get('checkpoint_sha256'))[:12]}..., this one is {checkpoint_sha256[:12]}...): "
-                         "encoder and decoder must be one model")
+    from_checkpoint(network.path, meta, "the checkpoint evaluated", checkpoint_sha256)
 
 
 def probabilities_to_logits(p: torch.Tensor) -> torch.Tensor:

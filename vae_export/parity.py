@@ -11,6 +11,7 @@ import contextlib
 import copy
 import json
 import warnings
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -22,6 +23,7 @@ from . import runtime
 from .errors import ArtifactError, ParityError, first_line
 from .export import FORMATS, SPECS, TORCHSCRIPT_EXTRA
 from .model import VAE
+from .provenance import from_checkpoint
 
 BATCH_SIZES = (1, 7, 1000)
 REL_FLOOR = 1e-6   # max rel = |export - eager| / max(|eager|, REL_FLOOR): defined even where eager is 0
@@ -69,6 +71,29 @@ def artifacts_in(directory: Path) -> list[Path]:
     if not found:
         raise ArtifactError(f"no encoder/decoder .onnx or .torchscript files in {directory}")
     return found
+
+
+def check_exported_from(paths: list[Path], checkpoint: Path, sha256: str) -> None:
+    """Refuse, before any work, an artifact exported from another checkpoint: its parity would fail
+    for a reason no tolerance explains (provenance.from_checkpoint)."""
+    for path in paths:
+        from_checkpoint(path, artifact_metadata(path), checkpoint, sha256)
+
+
+def artifact_metadata(path: Path) -> dict:
+    """An artifact's metadata without running it: ONNX metadata_props, or TorchScript's extra file
+    read from its zip archive."""
+    if path.suffix != ".torchscript":
+        return runtime.read_metadata(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next(n for n in archive.namelist() if n.endswith(f"/extra/{TORCHSCRIPT_EXTRA}"))
+            meta = json.loads(archive.read(name))
+    except (OSError, zipfile.BadZipFile, StopIteration, ValueError):
+        raise ArtifactError(f"{path} is not a vae-export TorchScript file (no readable {TORCHSCRIPT_EXTRA})") from None
+    if not isinstance(meta, dict):
+        raise ArtifactError(f"{path}: its {TORCHSCRIPT_EXTRA} is not a JSON object")
+    return meta
 
 
 def check_parity(model: VAE, paths: list[Path], *, provider: str = "cpu", images: np.ndarray | None = None,

@@ -11,6 +11,7 @@ applications can embed `decoder.onnx` with two dependencies.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -23,6 +24,7 @@ import onnxruntime as ort
 
 from .errors import ArtifactError, ProviderUnavailable, UsageError, first_line
 from .onnx_wire import UINT8_OUTPUT, external_tensor, with_uint8_output
+from .provenance import same_model
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 MAX_MODEL_BYTES = 256 * 2**20       # our models are 1-2 MB; refuse anything absurd before parsing it
@@ -118,6 +120,7 @@ class _Model:
     def __init__(self, path: str | os.PathLike, provider: str = "cpu", threads: int | None = None):
         self.path = Path(path)
         data = _read_model(self.path)
+        self.sha256 = hashlib.sha256(data).hexdigest()   # what sample files record of their decoder
         self.session = _loaded(self.path, lambda: open_session(data, provider, threads))
         self.provider = self.session.get_providers()[0]
         self.metadata = _metadata(self.session, self.path)
@@ -184,6 +187,10 @@ class Decoder(_Model):
         self.precision = self.metadata.get("variant", "fp32")
         if precision not in (None, self.precision):
             raise ArtifactError(f"{self.path} holds the {self.precision!r} variant, not {precision!r}")
+        sidecar = self.path.with_name("decoder.json")
+        if self.path != Path(path) and sidecar.is_file():   # a variant picked from an export folder: of its model
+            same_model([(sidecar, _read_json(sidecar)), (self.path, self.metadata)],
+                       f"the folder's {self.precision} variant must be its own model's")
         self.threads = threads
         self._latent_shape = (self.latent_dim,)     # per-call work is what batch-1 latency is made of
         self._model = _read_model(self.path)
@@ -288,6 +295,16 @@ def decoder_path(path: str | os.PathLike, precision: str | None = None) -> Path:
         raise ArtifactError(f"no {name} in {folder}" + ("" if precision == "fp32" else
                             f": write it with `vae-export onnx CHECKPOINT --out {folder} --{precision}`"))
     return folder / name
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ArtifactError(f"{path} is not a readable JSON sidecar ({first_line(e)})") from None
+    if not isinstance(meta, dict):
+        raise ArtifactError(f"{path} is not a vae-export sidecar (not a JSON object)")
+    return meta
 
 
 def _output_name(dtype: str) -> str:

@@ -29,6 +29,7 @@ import numpy as np
 from .errors import UsageError
 from .files import atomic_open, atomic_path, check_writable, require_free_space, require_memory
 from .latents import interpolate, manifold_latents
+from .provenance import header_comment, run_record
 from .runtime import Decoder, latent_slice
 
 DTYPES = {"float32": np.float32, "uint8": np.uint8}
@@ -70,10 +71,11 @@ def check_job_size(path: Path, n: int, batch_size: int, image_shape: tuple[int, 
 
 def sample_to_file(decoder: Decoder, path: Path, n: int, *, seed: int = 0, batch_size: int = 8192,
                    dtype: str = "float32", on_batch: Callable[[int], None] | None = None,
-                   start: int = 0, stop: int | None = None) -> SampleStats:
+                   start: int = 0, stop: int | None = None, part: tuple[int, int] | None = None) -> SampleStats:
     """Samples start..stop-1 (default: all n) of the n-sample run for `seed`: the same images
     whatever the batch size, provider or range, since latents are keyed by (seed, chunk),
-    so shards of a run join into it (shards.py)."""
+    so shards of a run join into it (shards.py). A .npy records in its header which run and
+    rows it holds (and `part`, the --shard K/N that asked for them), which `merge` checks."""
     stop = n if stop is None else stop
     if n <= 0 or batch_size <= 0:
         raise UsageError(f"-n and --batch-size must be > 0, got {n} and {batch_size}")
@@ -88,7 +90,8 @@ def sample_to_file(decoder: Decoder, path: Path, n: int, *, seed: int = 0, batch
                                  for i in range(start, stop, batch_size)])
         save_png_grid(images, path)
     else:
-        _stream_npy(decoder, path, seed, range(start, stop), batch_size, dtype, on_batch)
+        record = run_record(decoder, n, seed, dtype, range(start, stop), part)
+        _stream_npy(decoder, path, seed, range(start, stop), batch_size, dtype, on_batch, record)
     return SampleStats(stop - start, time.perf_counter() - t0, decoder.provider)
 
 
@@ -116,7 +119,7 @@ def manifold(decoder: Decoder, n: int = 30) -> np.ndarray:
 
 
 def _stream_npy(decoder: Decoder, path: Path, seed: int, rows: range, batch_size: int, dtype: str,
-                on_batch: Callable[[int], None] | None) -> None:
+                on_batch: Callable[[int], None] | None, record: dict) -> None:
     """Write samples rows.start..rows.stop-1 as one .npy: header, then batches in order."""
     shape = (len(rows), *decoder.image_shape)
     starts = range(rows.start, rows.stop, batch_size)
@@ -130,7 +133,7 @@ def _stream_npy(decoder: Decoder, path: Path, seed: int, rows: range, batch_size
     def produce(k: int, z: np.ndarray) -> np.ndarray:
         return decoder.decode(z, out=buffers[k % 2][: len(z)], dtype=dtype)
 
-    header = npy_header(np.dtype(dtype), shape)
+    header = npy_header(np.dtype(dtype), shape, record)
     with atomic_path(path) as tmp, open(tmp, "r+b", buffering=0) as f:
         f.write(header)
         os.posix_fallocate(f.fileno(), 0, len(header) + int(np.prod(shape)) * np.dtype(dtype).itemsize)
@@ -161,16 +164,20 @@ def _stream_npy(decoder: Decoder, path: Path, seed: int, rows: range, batch_size
 BLOCK = 4096
 
 
-def npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
+def npy_header(dtype: np.dtype, shape: tuple[int, ...], record: dict | None = None) -> bytes:
     """A .npy version 1.0 header padded with spaces to BLOCK bytes, so the data starts block-aligned
-    (the format asks only that the header's length be a multiple of 64)."""
+    (the format asks only that the header's length be a multiple of 64). `record`, what the file is,
+    goes into the padding as a comment after the dict, which every numpy reader skips (provenance.py)."""
     buf = io.BytesIO()
     np.lib.format.write_array_header_1_0(buf, {"descr": np.lib.format.dtype_to_descr(dtype),
                                                "fortran_order": False, "shape": shape})
     header = buf.getvalue()                          # magic (6) + version (2) + length (2) + dict + spaces + "\n"
-    if len(header) >= BLOCK:
-        return header
-    body = header[10:-1] + b" " * (BLOCK - len(header)) + b"\n"
+    text = header[10:-1].rstrip(b" ")
+    if record is not None:
+        text += b"  " + header_comment(record).encode("ascii")
+    if 10 + len(text) + 1 > BLOCK:
+        raise UsageError(f"an array of shape {shape} needs a .npy header over {BLOCK} bytes")
+    body = text + b" " * (BLOCK - 10 - len(text) - 1) + b"\n"
     return header[:8] + struct.pack("<H", len(body)) + body
 
 

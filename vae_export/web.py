@@ -25,6 +25,7 @@ from typing import Callable
 from .errors import ArtifactError, UsageError, VaeExportError, first_line
 from .files import replaced_dir, write_json
 from .latents import manifold_latents
+from .provenance import same_model
 from .runtime import Decoder
 
 TEMPLATE = Path(__file__).with_name("web")
@@ -85,10 +86,11 @@ def _checked_export(export_dir: Path) -> dict:
 
 
 def _checked_decoder(path: Path, meta: dict) -> None:
+    """A decoder of the model decoder.json describes: same checkpoint, same shapes (the page switches
+    between the variants and labels them with the sidecar's facts)."""
     decoder = Decoder(path, threads=1)    # refuses an encoder, or any other model, in the decoder's place
-    for key in ("latent_dim", "image_shape"):
-        if decoder.metadata[key] != meta.get(key):
-            raise ArtifactError(f"{path}: {key} is {decoder.metadata[key]}, but decoder.json says {meta.get(key)}")
+    same_model([(path.with_name("decoder.json"), meta), (path, decoder.metadata)],
+               "the page would show one model's facts over another's pictures")
 
 
 def _check_out(out_dir: Path, export_dir: Path) -> None:

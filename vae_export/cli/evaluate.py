@@ -49,7 +49,7 @@ def evaluate(
     quiet: Quiet = False,
 ):
     """Estimate -log p(x) by importance sampling (nats/image, bits/dim), with the ELBO and active units."""
-    from vae_export.training.data import load_from_settings, resolve_data_dir, to_float
+    from vae_export.training.data import load_run_data, resolve_data_dir, to_float
     from vae_export.training.train import pick_device
 
     from ..checkpoint import load_model
@@ -66,7 +66,7 @@ def evaluate(
                             binarize=binarize.value if binarize else trained.get("binarize", "none"))
     dev = str(pick_device(device.value))
     nets = networks(model, sha256_file(checkpoint), encoder, decoder, dev)
-    data = load_from_settings(trained, resolve_data_dir(data_dir))     # the run's own data: same size, channels, split
+    data = load_run_data(state, resolve_data_dir(data_dir), checkpoint)     # the run's own data, or refused
     images = to_float(data.train if split == Split.train else data.test)
     check_inputs(model.config, images, settings)
     with SampleProgress(err, min(n_images or len(images), len(images)), disable=quiet, label="images") as progress:

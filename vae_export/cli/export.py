@@ -48,13 +48,13 @@ def _variant_data(model, state, data_dir):
     """Calibration latents from 1000 training images and the test images that measure each variant's
     cost in nats, both from the data the checkpoint was trained on; without it, N(0, I) latents and
     no nats figure."""
-    from vae_export.training.data import load_from_settings, resolve_data_dir, to_float
+    from vae_export.training.data import load_run_data, resolve_data_dir, to_float
 
     from ..export import calibration_latents
 
     try:
-        data = load_from_settings(state.get("settings", {}), resolve_data_dir(data_dir), download=False)
-    except Exception:  # noqa: BLE001 - no data here: calibrate on the prior alone
+        data = load_run_data(state, resolve_data_dir(data_dir), "the checkpoint", download=False)
+    except Exception:  # noqa: BLE001 - no data here, or not the run's own (changed since): the prior alone
         return None, None
     return calibration_latents(model, to_float(data.train[:1000])), to_float(data.test[:1000]).numpy()
 
@@ -110,12 +110,14 @@ def parity(
     """Check every artifact in DIRECTORY against the eager model rebuilt from CHECKPOINT."""
     from ..checkpoint import load_model
     from ..files import check_writable
-    from ..parity import artifacts_in, check_parity
+    from ..files import sha256_file
+    from ..parity import artifacts_in, check_exported_from, check_parity
 
     if report:
         check_writable(report)
     model, state = load_model(checkpoint)
     paths = artifacts_in(directory)
+    check_exported_from(paths, checkpoint, sha256_file(checkpoint))
     images, name = _real_images(model, state, data_dir)
     rows = _parity(lambda: check_parity(model, paths, provider=provider.value, images=images, atol=atol, rtol=rtol,
                                         images_name=name), quiet, report)

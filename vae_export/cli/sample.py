@@ -48,9 +48,10 @@ def sample(
         raise UsageError("--dtype applies to .npy output; a .png grid is always 8-bit")
     if interpolate and min(interpolate) < 0:
         raise UsageError(f"--interpolate seeds must be >= 0, got {interpolate[0]} {interpolate[1]}")
-    if shard and (out_path.suffix != ".npy" or interpolate or manifold):
+    part = None if shard is None else shards.parse_shard(shard)   # "" (an unset variable) is refused, not the whole run
+    if part and (out_path.suffix != ".npy" or interpolate or manifold):
         raise UsageError("--shard splits a run of random samples written to .npy")
-    positions = shards.shard_range(n, *shards.parse_shard(shard)) if shard else range(n)
+    positions = shards.shard_range(n, *part) if part else range(n)
     decoder = Decoder(shipped(model, "decoder.onnx"), provider=provider.value, precision=precision.value)
     if interpolate or manifold:
         steps = 900 if manifold else n
@@ -62,7 +63,8 @@ def sample(
     count = len(positions)
     with SampleProgress(err, count, disable=quiet or count < 100_000) as progress:
         stats = sampling.sample_to_file(decoder, out_path, n, seed=seed, batch_size=batch_size, dtype=dtype.value,
-                                        on_batch=progress.advance, start=positions.start, stop=positions.stop)
+                                        on_batch=progress.advance, start=positions.start, stop=positions.stop,
+                                        part=part)
     where = f" (samples {positions.start}..{positions.stop - 1} of {n}, shard {shard})" if shard else ""
     out.print(f"{out_path}: {count} samples{where}, provider {stats.provider}, {decoder.precision}, {stats.seconds:.2f} s, "
               f"{stats.per_second:,.0f} samples/s")
@@ -70,10 +72,11 @@ def sample(
 
 @command
 def merge(
-    parts: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, help="The .npy parts in order (sample --shard 0/N, 1/N, ...).")],
+    parts: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, help="The .npy parts of one run (sample --shard K/N), in any order: they are joined in the order of their samples.")],
     out_path: Annotated[Path, typer.Option("--out", help="The joined .npy, written whole or not at all.")],
 ):
-    """Join sample shards into one .npy, streamed: the same bytes as one unsharded `sample` run."""
+    """Join sample shards into one .npy, streamed: the same bytes as one unsharded `sample` run. Refuses,
+    before writing, parts that do not tile one run (a missing part, another seed, -n, dtype or model)."""
     from ..shards import merge as merge_parts
 
     merged = merge_parts(parts, out_path)
@@ -120,12 +123,15 @@ def reconstruct(
 
     from .. import sampling
     from ..images import read_images
+    from ..provenance import same_model
     from ..runtime import Decoder, Encoder
 
     sampling.check_out_path(out_path)
     folder = model_dir or shipped_dir()
     encoder = Encoder(folder / "encoder.onnx", provider=provider.value)
     decoder = Decoder(folder / "decoder.onnx", provider=provider.value)
+    same_model([(encoder.path, encoder.metadata), (decoder.path, decoder.metadata)],
+               "a reconstruction needs the encoder and decoder of one model")
     x = read_images(images, encoder.image_shape)
     sampling.check_job_size(out_path, 2 * len(x), len(x), decoder.image_shape)
     mu, _ = encoder.encode(x)
