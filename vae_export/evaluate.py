@@ -130,10 +130,12 @@ def per_image(nets: Networks, x: torch.Tensor, config: VAEConfig, settings: Eval
     sigma = sigma.to(dev) if isinstance(sigma, torch.Tensor) else sigma
     batch = max(1, DRAWS_PER_CALL // kmax)              # images per batch
     chunk = min(kmax, DRAWS_PER_CALL // batch)          # samples per network call
-    out = {"nll": [], "recon": [], "kl": [], "mu": []}
+    out = {"nll": [], "recon": [], "kl": [], "mu": [], "psnr": []}
     for start in range(0, len(x), batch):
         xb = x[start: start + batch]                     # (B, C, H, W)
         mu, logvar = nets.encode(xb)                     # (B, L) each
+        mse = (torch.sigmoid(nets.decode_logits(mu)) - xb).pow(2).flatten(1).mean(1)   # from the posterior means
+        out["psnr"].append(-10 * torch.log10(mse.clamp(min=1e-10)).double())
         eps = torch.stack([image_noise(settings.seed, start + i, kmax, config.latent_dim)
                            for i in range(len(xb))]).to(dev)    # (B, kmax, L)
         log_w, log_px_z = [], []
@@ -152,7 +154,7 @@ def per_image(nets: Networks, x: torch.Tensor, config: VAEConfig, settings: Eval
         out["mu"].append(mu.double())
         if on_images:
             on_images(len(xb))
-    return {"nll": torch.cat(out["nll"], 1).cpu(), **{k: torch.cat(out[k]).cpu() for k in ("recon", "kl", "mu")}}
+    return {"nll": torch.cat(out["nll"], 1).cpu(), **{k: torch.cat(out[k]).cpu() for k in ("recon", "kl", "mu", "psnr")}}
 
 
 def grouped_log_mean_exp(log_w: torch.Tensor, k: int) -> torch.Tensor:
@@ -176,7 +178,7 @@ def summary(figures: dict[str, torch.Tensor], config: VAEConfig, settings: EvalS
     recon, kl = figures["recon"].mean().item(), figures["kl"].mean().item()
     variance = figures["mu"].var(0) if n > 1 else torch.zeros(config.latent_dim)
     return {
-        "nll": rows, "elbo_nats": recon + kl, "recon_nats": recon, "kl_nats": kl,
+        "nll": rows, "elbo_nats": recon + kl, "psnr_db": figures["psnr"].mean().item(), "recon_nats": recon, "kl_nats": kl,
         "active_units": int((variance > ACTIVE_THRESHOLD).sum()), "latent_dim": config.latent_dim,
         "likelihood": config.likelihood, "sigma": config.sigma if config.likelihood == "gaussian" else (list(config.channel_sigma) or None),
         "binarize": settings.binarize, "meaning": describe(config.likelihood, config.sigma, settings.binarize),
