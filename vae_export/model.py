@@ -152,7 +152,9 @@ def elbo_terms(logits: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: 
         recon = F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
     elif likelihood == "calibrated":
         recon = gaussian_8bit_nll(torch.sigmoid(logits), x, sigma)
-    else:
+    elif likelihood == "gaussian":
         recon = F.mse_loss(torch.sigmoid(logits), x, reduction="sum") / (2 * sigma**2)
+    else:  # "auto" is resolved from the data when training starts (training.train); never a loss itself
+        raise ValueError(f"likelihood {likelihood!r} has no loss; expected bernoulli, gaussian or calibrated")
     kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
     return recon, kl
