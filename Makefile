@@ -11,7 +11,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml package-lock.json
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[train,dev]'
+	$(PY) -m pip install --quiet -e '.[train,dev,runtimes]'
 	if command -v npm >/dev/null; then npm ci --ignore-scripts --no-audit --no-fund; else echo "npm not found: skipping onnxruntime-web (vae-export web and its tests need Node.js)"; fi
 	touch $(STAMP)
 

@@ -13,7 +13,10 @@ Measures:
    process (start-up included), against decode alone at the same batch size and precision;
 4. batch-1 latency: runtime.Decoder.decode with default settings against the checkpoint's eager
    decoder with torch's default threads, 400 warm-up then 4000 timed calls, median;
-5. where one intra-op thread stops beating one per core (runtime.SMALL_BATCH), batch by batch.
+5. where one intra-op thread stops beating one per core (runtime.SMALL_BATCH), batch by batch;
+6. with OpenVINO installed (the `runtimes` extra): its decode alone at fp32 (f32 hint), int8 and bf16,
+   and `sample --provider openvino --precision int8` end to end against onnxruntime int8, the two
+   interleaved over 3 rounds (median), target >= 1.15x.
 The cores may be shared: compare only the figures of one run.
 """
 
@@ -57,10 +60,10 @@ def median_time(call, warmup: int, calls: int) -> float:
     return float(np.median(times))
 
 
-def cli_sample(folder: Path, n: int, precision: str, out: Path) -> float:
+def cli_sample(folder: Path, n: int, precision: str, out: Path, provider: str = "cpu") -> float:
     exe = Path(sys.executable).parent / "vae-export"
     t0 = time.perf_counter()
-    subprocess.run([exe, "sample", "--model", folder / "decoder.onnx", "--precision", precision, "-n", str(n),
+    subprocess.run([exe, "sample", "--model", folder / "decoder.onnx", "--precision", precision, "-n", str(n), "--provider", provider,
                     "--batch-size", str(BATCH), "--dtype", "uint8", "--out", out, "--quiet"], check=True, capture_output=True)
     seconds = time.perf_counter() - t0
     out.unlink()
@@ -112,6 +115,28 @@ def main() -> None:
         print(f"batch-1 latency: runtime.Decoder.decode {t_ort * 1e6:.1f} us, eager {t_eager * 1e6:.1f} us "
               f"= {t_ort / t_eager:.2f}x eager (target <= 0.6x)")
         crossover(folder)
+        openvino(folder, z, args.n, decode)
+
+
+def openvino(folder: Path, z: np.ndarray, n: int, decode: dict) -> None:
+    """OpenVINO's decode alone and its end-to-end int8 sampling against onnxruntime's (section 6)."""
+    try:
+        import openvino as ov
+    except ImportError:
+        print("openvino: not installed (pip install 'vae-export[runtimes]'): section 6 skipped")
+        return
+    for precision in ("fp32", "int8", "bf16"):
+        decoder = runtime.Decoder(folder, provider="openvino", precision=precision)
+        rate = BATCH / median_time(lambda: decoder.decode(z), 5, 20)
+        print(f"decode alone openvino {precision}, batch {BATCH}: {rate:12,.0f} samples/s = "
+              f"{rate / decode['fp32']:.2f}x onnxruntime fp32 ({decoder.provider}, OpenVINO {ov.__version__})")
+    seconds: dict[str, list[float]] = {"cpu": [], "openvino": []}
+    for _ in range(3):                                    # interleaved: both see the same machine load
+        for provider in seconds:
+            seconds[provider].append(cli_sample(folder, n, "int8", folder / "s.npy", provider))
+    ort_s, ov_s = (float(np.median(seconds[p])) for p in ("cpu", "openvino"))
+    print(f"vae-export sample -n {n} --dtype uint8 --precision int8: onnxruntime {ort_s:.2f} s, "
+          f"--provider openvino {ov_s:.2f} s (medians of 3, interleaved) = {ort_s / ov_s:.2f}x (target >= 1.15x)")
 
 
 def crossover(folder: Path) -> None:

@@ -2,20 +2,22 @@ import os
 
 import pytest
 
-from vae_export.files import atomic_open, staged_dir, writable_dir
+from vae_export.files import OwnedDir, atomic_open, writable_dir
 
 
 def test_staged_files_replace_the_folder_only_on_success(tmp_path):
-    (tmp_path / "decoder.onnx").write_text("good")
+    folder = OwnedDir(tmp_path, "test")
+    with folder.rebuild() as stage:
+        (stage / "decoder.onnx").write_text("good")
     with pytest.raises(RuntimeError):
-        with staged_dir(tmp_path) as stage:
+        with folder.rebuild() as stage:
             (stage / "decoder.onnx").write_text("bad")
             raise RuntimeError("parity failed")
     assert (tmp_path / "decoder.onnx").read_text() == "good"
-    with staged_dir(tmp_path) as stage:
+    with folder.rebuild() as stage:
         (stage / "decoder.onnx").write_text("new")
     assert (tmp_path / "decoder.onnx").read_text() == "new"
-    assert [p.name for p in tmp_path.iterdir()] == ["decoder.onnx"]  # no staging folder left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".vae-export-files.json", "decoder.onnx"]  # no staging folder left
 
 
 def test_atomic_open_leaves_nothing_on_error(tmp_path):

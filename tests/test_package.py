@@ -34,7 +34,7 @@ BASE = {"numpy", "onnxruntime", "typer", "rich", "pillow"}
 MODEL = {f"vae_export/artifacts/mlp/{name}" for name in ("encoder.onnx", "decoder.onnx", "decoder.fp16.onnx", "decoder.int8.onnx",
                                                           "decoder.json", "manifest.json")}
 # Every torch command, with arguments that get through Typer's parsing, so that the extras check answers.
-TORCH_COMMANDS = [["train"], ["onnx", "c.pt"], ["torchscript", "c.pt"], ["parity", "c.pt", "export"], ["bench"],
+TORCH_COMMANDS = [["train"], ["export", "c.pt"], ["onnx", "c.pt"], ["torchscript", "c.pt"], ["parity", "c.pt", "export"], ["bench"],
                   ["evaluate", "c.pt"]]
 REFUSAL = 'needs the training extra: pip install "vae-export[train]"'
 

@@ -66,7 +66,7 @@ def served(export_dir: Path, site: Path):
         yield url
     finally:
         server.send_signal(signal.SIGINT)
-        assert server.wait(timeout=20) == 0
+        assert server.wait(timeout=20) == 130                       # Ctrl-C: 128 + SIGINT, as shells report it
         log.close()
 
 
@@ -140,7 +140,7 @@ def test_node_example_decodes_what_python_decodes(exports, tmp_path):
 def test_web_refuses_bad_export_folders_and_keeps_the_old_site(exports, tmp_path):
     old_site = tmp_path / "site"
     old_site.mkdir()
-    (old_site / "site.json").write_text("{}")                        # a site built earlier: replaceable, but only by a good build
+    (old_site / "site.json").write_text("{}")                        # the user's file: kept by every refusal
     (tmp_path / "empty").mkdir()
     with_encoder = tmp_path / "encoder-in-place"
     with_encoder.mkdir()
@@ -152,12 +152,11 @@ def test_web_refuses_bad_export_folders_and_keeps_the_old_site(exports, tmp_path
     stranger = tmp_path / "photos"
     stranger.mkdir()
     (stranger / "cat.jpg").write_bytes(b"meow")
-    for out in (stranger, exports["mlp"]):                           # never replace someone's folder, or the export
-        result = runner.invoke(app, ["web", str(exports["mlp"]), "--out", str(out)])
-        assert result.exit_code == 2 and "choose another folder" in result.output, result.output
-    with pytest.raises(OSError):                                     # a build that fails half-way leaves the old site
-        web.build_site(exports["mlp"], old_site, ort_dist=tmp_path / "empty")
-    assert [p.name for p in old_site.iterdir()] == ["site.json"] and (stranger / "cat.jpg").exists()
+    result = runner.invoke(app, ["web", str(exports["mlp"]), "--out", str(exports["mlp"])])   # never into the export
+    assert result.exit_code == 2 and "choose another folder" in result.output, result.output
+    with pytest.raises(OSError):                                     # a build that fails half-way changes nothing
+        web.build_site(exports["mlp"], stranger, ort_dist=tmp_path / "empty")
+    assert [p.name for p in old_site.iterdir()] == ["site.json"] and [p.name for p in stranger.iterdir()] == ["cat.jpg"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "encoder-in-place", "photos", "site"]
 
 
@@ -170,7 +169,7 @@ def test_web_builds_without_torch_and_says_when_npm_is_missing(exports, tmp_path
                           capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     files = sorted(str(p.relative_to(tmp_path / "site")) for p in (tmp_path / "site").rglob("*"))
-    assert files == ["decoder.json", "decoder.mjs", "decoder.onnx", "index.html", "ort", "ort/ort-wasm-simd-threaded.mjs",
+    assert files == [".vae-export-files.json", "decoder.json", "decoder.mjs", "decoder.onnx", "index.html", "ort", "ort/ort-wasm-simd-threaded.mjs",
                      "ort/ort-wasm-simd-threaded.wasm", "ort/ort.wasm.min.mjs", "page.mjs", "site.json", "style.css"]
     monkeypatch.setenv("PATH", str(tmp_path))                        # first use from a wheel, on a machine without npm
     with pytest.raises(VaeExportError, match="needs npm once"):

@@ -17,6 +17,9 @@ the single-process gradient of the summed global batch, exactly, even when the s
 from __future__ import annotations
 
 import os
+import signal
+import threading
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -25,7 +28,9 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from vae_export import files
 from vae_export.errors import UsageError
+from vae_export.training import launch
 
 # Longer than anything rank 0 does alone (evaluation, figures, checkpoint) while the others wait in a
 # collective; after it a rank whose peer vanished raises instead of hanging forever.
@@ -56,6 +61,8 @@ def setup(dev: torch.device) -> tuple[World, torch.device]:
     world = World.from_env()
     if world.size == 1:
         return world, dev
+    launch.die_with_parent()          # a rank never outlives the agent that started it
+    exit_when_stuck(launch.grace() / 2)
     if dev.type == "cuda":
         if world.local_rank >= torch.cuda.device_count():
             raise UsageError(f"process {world.local_rank} of this machine has no GPU: torch sees "
@@ -65,6 +72,30 @@ def setup(dev: torch.device) -> tuple[World, torch.device]:
     dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=TIMEOUT,
                             device_id=dev if dev.type == "cuda" else None)
     return world, dev
+
+
+def exit_when_stuck(grace: float) -> None:
+    """Make this rank end on SIGTERM/SIGINT within `grace` seconds, even while its main thread waits in
+    C++ (rendezvous, a collective whose peer is gone or stopped), where Python's handler never runs.
+    Python's C-level handler writes the signal to the wakeup fd at once; a thread waiting on it gives
+    the main thread `grace` to unwind as usual, then removes this process's temp and lock files and
+    exits 128 + the signal. Call from the main thread, with the command's handlers installed."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+    signal.set_wakeup_fd(write)
+
+    def watch() -> None:
+        while (sig := os.read(read, 1)[0]) not in (signal.SIGTERM, signal.SIGINT):
+            pass
+        time.sleep(grace)
+        files.remove_in_flight()
+        if not os.environ.get(launch.ERRORS_ENV):   # under `train --nproc` the CLI says it, once
+            os.write(2, b"terminated\n" if sig == signal.SIGTERM else b"interrupted\n")
+        os._exit(128 + sig)
+
+    threading.Thread(target=watch, name="exit-when-stuck", daemon=True).start()
 
 
 def teardown() -> None:

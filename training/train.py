@@ -21,7 +21,7 @@ import torch
 from vae_export.checkpoint import load_checkpoint, save_checkpoint, typed_dataclass
 from vae_export.config import VAEConfig
 from vae_export.errors import CheckpointError, TrainingDiverged, UsageError, VaeExportError, first_line
-from vae_export.files import atomic_open, run_lock, writable_dir
+from vae_export.files import OwnedDir, atomic_open, run_lock, writable_dir
 from vae_export.likelihood import bernoulli_draw, calibrated_sigma, check_binarize, choose_likelihood, static_binarized
 from vae_export.model import VAE, elbo_terms, pixel_sigma
 
@@ -29,6 +29,7 @@ from . import distributed, plots
 from .data import batches, check_same_data, load_from_settings, parse_dataset, resolve_data_dir, to_float
 
 CHECKPOINT = "checkpoint.pt"
+RUN_FILES = (CHECKPOINT, "metrics.jsonl", "loss.png", "reconstruction.png", "samples.png", "manifold.png")  # all a run writes
 PRECISIONS = ("auto", "fp32", "bf16")   # auto: bf16 on CUDA, fp32 on CPU (see docs/benchmarks.md)
 
 
@@ -193,14 +194,15 @@ def _train(config: VAEConfig, settings: TrainSettings, out: str | Path, world: d
 def _train_locked(config: VAEConfig, settings: TrainSettings, out: Path, world: distributed.World,
                   dev: torch.device, data_dir: str | Path | None, resume: bool, on_batch: OnBatch | None,
                   on_epoch: OnEpoch | None, on_data: OnData | None) -> list[dict[str, Any]]:
+    if not resume and (out / CHECKPOINT).exists():
+        raise UsageError(f"{out / CHECKPOINT} already exists: pass --resume to continue it, or choose another --out")
+    owned = _owned_run(out, resume) if world.is_main else None
     if resume:
         # rank 0's checkpoint, sent to every rank: the other machines need no copy of it
         run = Run.resume(distributed.from_main(load_checkpoint(out / CHECKPOINT) if world.is_main else None),
                          settings.epochs, dev, out / CHECKPOINT)
         data = load_from_settings(dataclasses.asdict(run.settings), resolve_data_dir(data_dir))
         check_same_data(run.data, run.config.image_shape, data, out / CHECKPOINT)
-    elif (out / CHECKPOINT).exists():
-        raise UsageError(f"{out / CHECKPOINT} already exists: pass --resume to continue it, or choose another --out")
     else:
         data = load_from_settings(dataclasses.asdict(settings), resolve_data_dir(data_dir))
         chosen = ""
@@ -253,7 +255,7 @@ def _train_locked(config: VAEConfig, settings: TrainSettings, out: Path, world: 
             if world.is_main:  # rank 0 alone writes
                 save_checkpoint(out / CHECKPOINT, {**run.checkpoint(), "parallel": parallel})
                 _write_metrics(run.metrics, out / "metrics.jsonl")
-                _write_figures(run.model, test_x, fixed_z, out)
+                owned.record([out / CHECKPOINT, out / "metrics.jsonl", *_write_figures(run.model, test_x, fixed_z, out)])
             saved = len(run.metrics)
             if on_epoch:
                 on_epoch(m)
@@ -262,6 +264,7 @@ def _train_locked(config: VAEConfig, settings: TrainSettings, out: Path, world: 
             failing = sys.exc_info()[1] is not None
             with contextlib.suppress(OSError) if failing else contextlib.nullcontext():  # keep the first error
                 plots.save_loss_curve(run.metrics[:saved], out / "loss.png")
+                owned.record([out / "loss.png"])
     return run.metrics[:saved]
 
 
@@ -341,11 +344,21 @@ def _write_metrics(metrics: list[dict[str, Any]], path: Path) -> None:
         f.writelines(json.dumps(m) + "\n" for m in metrics)
 
 
+def _owned_run(out: Path, resume: bool) -> OwnedDir:
+    """The run folder as files.OwnedDir: refuse, before any work, to write over a file of the user's. A run
+    resumed from before the ledger existed owns its files by name (its checkpoint says it is a run)."""
+    owned = OwnedDir(out, "vae-export train")
+    earlier = resume and not any(e.get("by") == owned.producer for e in owned.ledger().values())
+    owned.check(RUN_FILES, adopt=RUN_FILES if earlier else ())
+    return owned
+
+
 @torch.no_grad()
-def _write_figures(model: VAE, test_x: torch.Tensor, fixed_z: torch.Tensor, out: Path) -> None:
+def _write_figures(model: VAE, test_x: torch.Tensor, fixed_z: torch.Tensor, out: Path) -> list[Path]:
     model.eval()
     x = test_x[:8]
     plots.save_reconstruction(x, model.decoder(model.encoder(x)[0]), out / "reconstruction.png")
     plots.save_grid(model.decoder(fixed_z), out / "samples.png")
     if model.config.latent_dim == 2:
         plots.save_manifold(model.decoder, out / "manifold.png")
+    return [out / name for name in ("reconstruction.png", "samples.png", "manifold.png")[:2 + (model.config.latent_dim == 2)]]

@@ -4,6 +4,9 @@ a fast wrong answer is worthless, so a backend outside its tolerance is reported
 
     vae-export bench runs/mlp/checkpoint.pt --batch-sizes 1,64,1024,8192 --out bench.json --plot bench.png
 
+The torch.export formats are timed too: the .pt2 ExportedProgram's module() and, with `aoti`, the
+AOTInductor packages compiled for the portable AVX2 floor (`aoti`) and for this CPU (`aoti-native`).
+
 The decoder is also timed in reduced precision: eager bf16 autocast and the ONNX fp16 and int8 variants
 (exported here, int8 calibrated on training images), each checked against eager fp32 within its bound.
 
@@ -12,7 +15,7 @@ The report (`run_bench`'s return value, plain JSON types):
   machine    cpu (/proc/cpuinfo), cpu_features (its int8/bf16 matrix units), logical_cpus, usable_cpus, gpu (or null), python, platform, torch, onnxruntime,
              numpy, onnxruntime_providers, load_average_start/_end (1-minute load: how busy the machine was)
   threads    torch, torch_interop, onnxruntime (intra-op threads of the runtime's session)
-  settings   batch_sizes, repeats, warmup, providers, compile, train_steps, inputs (what was fed)
+  settings   batch_sizes, repeats, warmup, providers, compile, aoti, train_steps, inputs (what was fed)
   decode, encode  {"rows": [...], "skipped": {backend: one-line reason}}, a row per (backend, batch size):
              backend, device, batch_size, threads, tolerance, max_abs_diff (against eager; null if shapes
              differ), status "ok" or "wrong"; if ok also first_call_s (with torch.compile, its compilation),
@@ -40,12 +43,14 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from . import export_pt2 as export_pt2_module
 from . import runtime
 from .checkpoint import load_model
 from .config import PRESETS, VAEConfig
-from .errors import UsageError, first_line
+from .errors import UsageError, VaeExportError, first_line
 from .likelihood import choose_likelihood
 from .export import SPECS, calibration_latents, export_decoder_variants, export_onnx, export_torchscript
+from .export_pt2 import export_aoti, export_pt2
 from .model import VAE
 from .parity import VARIANT_TOLERANCES, exact_fp32
 
@@ -57,10 +62,13 @@ TRAIN_BLOCKS = 5      # timed blocks of `train_steps` steps, after one untimed w
 # the GPU (TF32 off): 1e-4.
 # Reduced precision (decoder only): parity's stated bounds for the ONNX variants; eager bf16 autocast
 # measured max 1.2e-2, mean 3e-4 on the mlp decoder, bounded at 0.05.
-TOLERANCES = {"eager": 1e-6, "torchscript": 1e-6, "torch.compile": 1e-5, "onnxruntime-cpu": 1e-5,
+TOLERANCES = {"eager": 1e-6, "torchscript": 1e-6, "pt2": 1e-6, "aoti": 1e-5, "aoti-native": 1e-5, "torch.compile": 1e-5, "onnxruntime-cpu": 1e-5,
               "onnxruntime-cpu-session": 1e-5, "eager-cuda": 1e-4, "onnxruntime-cuda": 1e-4,
               "onnxruntime-cuda-iobinding": 1e-4, "eager-bf16": 5e-2,
-              **{f"onnxruntime-cpu-{v}": bound for v, (bound, _) in VARIANT_TOLERANCES.items()}}
+              **{f"onnxruntime-cpu-{v}": bound for v, (bound, _) in VARIANT_TOLERANCES.items()},
+              # OpenVINO (the `runtimes` extra), f32 hint on the float32 file, int8 like onnxruntime's,
+              # bf16 hint like eager bf16 (measured max 1e-2, mean 2.3e-4 on the mlp decoder)
+              "openvino-fp32": 1e-5, "openvino-int8": VARIANT_TOLERANCES["int8"][0], "openvino-bf16": 5e-2}
 CPU_FEATURES = ("avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16", "amx_bf16")  # int8/bf16 units
 ROLES = {"decode": "decoder", "encode": "encoder"}
 Call = Callable[[], Any]
@@ -77,9 +85,9 @@ class Backend:
 def run_bench(checkpoint: Path, batch_sizes: Sequence[int] = (1, 64, 1024, 8192),
               providers: Sequence[str] = ("cpu", "cuda"), repeats: int = 20, train: bool = True,
               log: Callable[[str], None] | None = None, *, compile: bool = True, train_steps: int = 10,
-              data_dir: str | Path | None = None) -> dict[str, Any]:
+              data_dir: str | Path | None = None, aoti: bool = True) -> dict[str, Any]:
     """Check and time the checkpoint's networks on every backend of `providers` that works here, and
-    (with `train`) every preset's training step. Sets torch.set_flush_denormal(True), as training does."""
+    (with `train`) every preset's training step. `aoti` compiles four AOTInductor packages first. Sets torch.set_flush_denormal(True), as training does."""
     if not batch_sizes or min(batch_sizes) < 1 or repeats < 1 or train_steps < 1:
         raise UsageError("batch sizes, repeats and train steps must be >= 1")
     if set(providers) - {"cpu", "cuda"}:
@@ -97,18 +105,21 @@ def run_bench(checkpoint: Path, batch_sizes: Sequence[int] = (1, 64, 1024, 8192)
         "threads": {"torch": torch.get_num_threads(), "torch_interop": torch.get_num_interop_threads(),
                     "onnxruntime": runtime.physical_cores()},
         "settings": {"batch_sizes": list(batch_sizes), "repeats": repeats, "warmup": WARMUP,
-                     "providers": list(providers), "compile": compile, "train_steps": train_steps,
+                     "providers": list(providers), "compile": compile, "aoti": aoti, "train_steps": train_steps,
                      "inputs": {"decode": "N(0, I) latents, seed 0", "encode": source}},
     }
     with tempfile.TemporaryDirectory(prefix="vae-bench-") as tmp, exact_fp32(), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
         export_onnx(model, state, "bench", tmp)
         export_torchscript(model, state, "bench", tmp)
+        export_pt2(model, state, "bench", tmp)
+        aoti_skipped = _export_aoti(model, state, Path(tmp)) if aoti and "cpu" in providers else {}
         train_images, _ = _images(state.get("settings", {}).get("dataset", "mnist"), True, 1000, data_dir,
                                   model.config.image_shape)
         export_decoder_variants(tmp, fp16=True, int8=True, latents=calibration_latents(model, train_images))
         for key, role in ROLES.items():
-            backends, skipped = _backends(model, role, Path(tmp), providers, compile)
+            backends, skipped = _backends(model, role, Path(tmp), providers, compile, aoti and not aoti_skipped)
+            skipped.update(aoti_skipped)
             eager = SPECS[role].module(model)
             # batch sizes outermost, so a change in machine load hits every backend alike
             rows = [r for b in batch_sizes
@@ -148,8 +159,18 @@ def _cpu_model() -> str:
         return platform.processor() or "unknown"
 
 
+def _export_aoti(model: VAE, state: dict[str, Any], folder: Path) -> dict[str, str]:
+    """AOTInductor packages for both ISAs (native ones in folder/native); {backend: reason} if they cannot be made."""
+    try:
+        export_aoti(model, state, "bench", folder, "avx2")
+        export_aoti(model, state, "bench", folder / "native", "native")
+    except VaeExportError as e:  # no C++ compiler here: the other backends still run
+        return {"aoti": str(e), "aoti-native": str(e)}
+    return {}
+
+
 def _backends(model: VAE, role: str, folder: Path, providers: Sequence[str],
-              compile: bool) -> tuple[list[Backend], dict[str, str]]:
+              compile: bool, aoti: bool = False) -> tuple[list[Backend], dict[str, str]]:
     """The backends to time for one role, and the reason for each one that cannot run here."""
     eager = SPECS[role].module(model)
     onnx = folder / f"{role}.onnx"
@@ -160,6 +181,12 @@ def _backends(model: VAE, role: str, folder: Path, providers: Sequence[str],
         makers["eager"] = lambda: Backend("eager", "cpu", _torch_call(eager, "cpu"), torch_threads)
         makers["torchscript"] = lambda: Backend("torchscript", "cpu", _torch_call(
             torch.jit.load(str(folder / f"{role}.torchscript")), "cpu"), torch_threads)
+        makers["pt2"] = lambda: Backend("pt2", "cpu", _torch_call(
+            export_pt2_module.load(folder / f"{role}.pt2", "pt2")[0], "cpu"), torch_threads)
+        if aoti:
+            for name, where in (("aoti", folder), ("aoti-native", folder / "native")):
+                makers[name] = lambda name=name, where=where: Backend(name, "cpu", _torch_call(
+                    export_pt2_module.load(where / f"{role}.aoti.pt2", "aoti")[0], "cpu"), torch_threads)
         if compile:  # dynamic: one graph for every batch size (batch 1 still gets its own)
             makers["torch.compile"] = lambda: Backend("torch.compile", "cpu", _torch_call(
                 torch.compile(eager, dynamic=True), "cpu"), torch_threads)
@@ -171,6 +198,8 @@ def _backends(model: VAE, role: str, folder: Path, providers: Sequence[str],
             for v in VARIANT_TOLERANCES:
                 makers[f"onnxruntime-cpu-{v}"] = lambda v=v: _runtime_backend(
                     f"onnxruntime-cpu-{v}", runtime.Decoder(folder, "cpu", precision=v), role)
+            for v in ("fp32", "int8", "bf16"):      # skipped, with the install line, without OpenVINO
+                makers[f"openvino-{v}"] = lambda v=v: _openvino_backend(runtime.Decoder(folder, "openvino", precision=v), v)
     if "cuda" in providers:
         makers["eager-cuda"] = lambda: Backend("eager-cuda", "cuda", _torch_call(
             copy.deepcopy(eager).to("cuda"), "cuda"), lambda b: None)
@@ -206,6 +235,12 @@ def _runtime_backend(name: str, net: runtime.Decoder | runtime.Encoder, role: st
     session = net.session_for if role == "decoder" else (lambda b: net.session)  # the decoder picks by batch size
     return Backend(name, "cpu" if on_cpu else "cuda", lambda x: lambda: run(x),
                    lambda b: session(b).get_session_options().intra_op_num_threads if on_cpu else None)
+
+
+def _openvino_backend(net: runtime.Decoder, precision: str) -> Backend:
+    """The OpenVINO decoder as applications use it (runtime.Decoder(..., provider="openvino"))."""
+    threads = net.threads or runtime.physical_cores()
+    return Backend(f"openvino-{precision}", "cpu", lambda x: lambda: net.decode(x), lambda b: threads)
 
 
 def _session_backend(path: Path) -> Backend:

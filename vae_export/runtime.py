@@ -181,6 +181,14 @@ class Decoder(_Model):
 
     role, inputs, outputs = "decoder", ("latent_sample",), ("sample",)
 
+    def __new__(cls, path: str | os.PathLike = "", provider: str = "cpu", *args, **kwargs):
+        """provider="openvino": an OpenVINODecoder (openvino_backend.py, the optional `runtimes` extra)."""
+        if provider == "openvino" and cls is Decoder:
+            from .openvino_backend import OpenVINODecoder
+
+            return super().__new__(OpenVINODecoder)
+        return super().__new__(cls)
+
     def __init__(self, path: str | os.PathLike, provider: str = "cpu", threads: int | None = None,
                  precision: str | None = None):
         super().__init__(decoder_path(path, precision), provider, threads)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import ArtifactError, UsageError, VaeExportError, first_line
-from .files import replaced_dir, write_json
+from .files import OwnedDir, check_writable, write_json
 from .latents import manifold_latents
 from .provenance import same_model
 from .runtime import Decoder
@@ -33,7 +33,8 @@ PAGE = ("index.html", "page.mjs", "decoder.mjs", "style.css")
 NPM_PROJECT = TEMPLATE / "npm"           # package.json + package-lock.json (links to the repo root's ones)
 ORT_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
 VARIANTS = (("decoder.onnx", "fp32"), ("decoder.int8.onnx", "int8"))   # what the page can switch between
-SITE_MARK = "site.json"                  # a folder holding this was built by us, and may be replaced
+SITE_MARK = "site.json"                  # what the page reads about the site (models, runtime version)
+PRODUCER = "vae-export web"
 
 
 @dataclass
@@ -51,9 +52,13 @@ def build_site(export_dir: str | os.PathLike, out_dir: str | os.PathLike, ort_di
     models = [name for name, _ in VARIANTS if (export_dir / name).is_file()]
     for name in models[1:]:
         _checked_decoder(export_dir / name, meta)
-    _check_out(out_dir, export_dir)
+    if out_dir.resolve() == export_dir.resolve():
+        raise UsageError(f"--out {out_dir} is the export folder {export_dir}; choose another folder for the site")
+    names = [*PAGE, "decoder.json", *models, *(f"ort/{name}" for name in ORT_FILES), SITE_MARK]
+    folder = OwnedDir(check_writable(out_dir, folder=True), PRODUCER)
+    folder.check(names)                   # before fetching anything: a file of the user's where ours would go
     ort_dist = ort_dist or onnxruntime_web()
-    with replaced_dir(out_dir) as stage:
+    with folder.rebuild() as stage:       # only the files the ledger lists as ours are replaced or removed
         for name in PAGE:
             shutil.copyfile(TEMPLATE / name, stage / name)
         for name in ("decoder.json", *models):
@@ -61,7 +66,7 @@ def build_site(export_dir: str | os.PathLike, out_dir: str | os.PathLike, ort_di
         (stage / "ort").mkdir()
         for name in ORT_FILES:
             shutil.copyfile(ort_dist / name, stage / "ort" / name)
-        site = {"producer": "vae-export web", "onnxruntime_web": _version(ort_dist.parent),
+        site = {"producer": PRODUCER, "onnxruntime_web": _version(ort_dist.parent),
                 "models": [{"file": name, "label": label} for name, label in VARIANTS if name in models]}
         if meta["latent_dim"] == 2:       # the page lays the manifold out on the same quantiles as Python
             site["manifold"] = {"quantiles": [float(q) for q in manifold_latents()[:30, 0]]}
@@ -91,14 +96,6 @@ def _checked_decoder(path: Path, meta: dict) -> None:
     decoder = Decoder(path, threads=1)    # refuses an encoder, or any other model, in the decoder's place
     same_model([(path.with_name("decoder.json"), meta), (path, decoder.metadata)],
                "the page would show one model's facts over another's pictures")
-
-
-def _check_out(out_dir: Path, export_dir: Path) -> None:
-    """Replace only a site we built (or an empty folder), never the export itself or someone's files."""
-    if out_dir.resolve() == export_dir.resolve() or export_dir.resolve().is_relative_to(out_dir.resolve()):
-        raise UsageError(f"--out {out_dir} would replace the export folder {export_dir}; choose another folder")
-    if out_dir.exists() and not (out_dir.is_dir() and ((out_dir / SITE_MARK).is_file() or not any(out_dir.iterdir()))):
-        raise UsageError(f"--out {out_dir} exists and is not a site built by `vae-export web`; choose another folder")
 
 
 def onnxruntime_web() -> Path:
@@ -157,16 +154,18 @@ class SiteHandler(SimpleHTTPRequestHandler):
         super().end_headers()
 
 
-def serve(site: str | os.PathLike, port: int, ready: Callable[[str], None]) -> None:
-    """Serve `site` on 127.0.0.1:port (0: any free port) until Ctrl-C; ready(url) is called once listening."""
+def listen(site: str | os.PathLike, port: int) -> ThreadingHTTPServer:
+    """A server for `site` bound to 127.0.0.1:port (0: any free port), opened before the site is built,
+    so that a taken port is refused before anything is written."""
     handler = functools.partial(SiteHandler, directory=str(site))
     try:
-        server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+        return ThreadingHTTPServer(("127.0.0.1", port), handler)
     except OSError as e:
         raise UsageError(f"--port {port}: {e.strerror or e}") from None
+
+
+def serve(server: ThreadingHTTPServer, ready: Callable[[str], None]) -> None:
+    """Serve until a signal; Ctrl-C and SIGTERM propagate (KeyboardInterrupt), so the command exits 130/143."""
     with server:
         ready(f"http://127.0.0.1:{server.server_port}/")
-        try:
-            server.serve_forever()
-        except KeyboardInterrupt:
-            pass
+        server.serve_forever()

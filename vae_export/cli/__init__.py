@@ -9,7 +9,7 @@ Data goes to stdout; progress and diagnostics go to stderr.
 
 from __future__ import annotations
 
-from . import bench, evaluate, export, sample, train, web  # noqa: F401 - importing a module registers its commands
+from . import bench, evaluate, export, portability, sample, train, web  # noqa: F401 - importing a module registers its commands
 from .common import app
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
+import os
 import signal
 import sys
 import threading
@@ -51,21 +52,43 @@ def command(fn: Callable) -> Callable:
             with _sigterm_raises():
                 return fn(*args, **kwargs)
         except VaeExportError as e:
-            err.print(f"[red]error:[/] {escape(str(e))}", markup=True, highlight=False)  # paths may hold [brackets]
+            _error(str(e))
             raise typer.Exit(e.exit_code) from None
         except OSError as e:  # a full disk, a permission, a read-only folder: the user's to fix
             where = f"{e.filename}: " if e.filename else ""
-            err.print(f"[red]error:[/] {escape(where + (e.strerror or first_line(e)))}", markup=True, highlight=False)
+            _error(where + (e.strerror or first_line(e)))
             raise typer.Exit(1) from None
         except MemoryError:
-            err.print("[red]error:[/] out of memory; try a smaller --batch-size or -n", markup=True)
+            _error("out of memory; try a smaller --batch-size or -n")
             raise typer.Exit(1) from None
         except KeyboardInterrupt as e:  # Ctrl-C 130, SIGTERM 143: 128 + the signal, as shells report it
             terminated = isinstance(e, Terminated)
-            err.print("terminated" if terminated else "interrupted", markup=False)
+            if not _rank_errors():      # a rank of `train --nproc`: the command that started it says so, once
+                err.print("terminated" if terminated else "interrupted", markup=False)
             raise typer.Exit(128 + (signal.SIGTERM if terminated else signal.SIGINT)) from None
+        except Exception as e:
+            if not _rank_errors() or isinstance(e, (typer.Exit, typer.Abort, typer.BadParameter)):
+                raise
+            _error(first_line(e))   # a rank's RuntimeError (a peer gone from a collective, say): one line too
+            raise typer.Exit(1) from None
 
     return app.command()(wrapper)
+
+
+def _rank_errors() -> Path | None:
+    """Under `train --nproc` (training/launch.py), where this rank's error line goes instead of stderr."""
+    folder = os.environ.get("VAE_EXPORT_RANK_ERRORS")
+    return Path(folder) / f"rank-{os.environ['RANK']}" if folder and "RANK" in os.environ else None
+
+
+def _error(line: str) -> None:
+    """One line on stderr; a rank of `train --nproc` writes it for the launcher, which prints one for all ranks."""
+    own = _rank_errors()
+    if own is None:
+        err.print(f"[red]error:[/] {escape(line)}", markup=True, highlight=False)  # paths may hold [brackets]
+        return
+    with contextlib.suppress(OSError):
+        own.write_text(line + "\n")
 
 
 def needs_train_extra(fn: Callable) -> Callable:
@@ -111,7 +134,8 @@ def _sigterm_raises():
 @app.callback()
 def _app(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
                                                help="Print the version and exit.")] = False) -> None:
-    """Train a VAE, export encoder and decoder to TorchScript/ONNX with proven parity, sample fast."""
+    """Train a VAE, export encoder and decoder to ONNX, .pt2 (torch.export, AOTInductor) and legacy
+    TorchScript with proven parity, sample fast."""
 
 
 def shipped_dir() -> Path:

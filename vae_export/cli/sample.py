@@ -16,6 +16,16 @@ class Precision(str, Enum):
     fp32 = "fp32"
     fp16 = "fp16"
     int8 = "int8"
+    bf16 = "bf16"
+
+
+class SampleProvider(str, Enum):
+    """onnxruntime's devices, or OpenVINO's CPU plugin (the optional `runtimes` extra)."""
+
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    openvino = "openvino"
 
 
 class OutDtype(str, Enum):
@@ -30,9 +40,9 @@ def sample(
     n: Annotated[int, typer.Option("-n", min=1, help="Number of samples (.png: the grid holds all of them).")] = 64,
     batch_size: Annotated[int, typer.Option(min=1)] = 8192,
     seed: Annotated[int, typer.Option(min=0, help="Same seed, same samples, on every provider and batch size.")] = 0,
-    provider: Annotated[Device, typer.Option(help="cuda fails clearly if CUDA cannot really run; auto falls back.")] = Device.cpu,
+    provider: Annotated[SampleProvider, typer.Option(help="cuda fails clearly if CUDA cannot really run; auto falls back; openvino: OpenVINO's CPU plugin, precision explicit.")] = SampleProvider.cpu,
     dtype: Annotated[OutDtype, typer.Option(help="For .npy: float32 in [0, 1], or uint8 in 0..255.")] = OutDtype.float32,
-    precision: Annotated[Precision, typer.Option(help="Decoder variant in the --model folder: decoder.onnx, decoder.fp16.onnx or decoder.int8.onnx (int8: fastest on CPUs with VNNI/AMX).")] = Precision.fp32,
+    precision: Annotated[Precision, typer.Option(help="Decoder variant in the --model folder: decoder.onnx, decoder.fp16.onnx or decoder.int8.onnx (int8: fastest on CPUs with VNNI/AMX); bf16 (openvino only): decoder.onnx computed in bf16.")] = Precision.fp32,
     interpolate: Annotated[Optional[tuple[int, int]], typer.Option(help="Decode -n steps between the latents of two seeds.")] = None,
     manifold: Annotated[bool, typer.Option(help="Decode the 30x30 quantile grid of a 2-D latent model.")] = False,
     shard: Annotated[Optional[str], typer.Option(metavar="K/N", help="Write only part K of N of the -n samples (.npy); `merge` joins the parts.")] = None,
@@ -51,6 +61,8 @@ def sample(
     part = None if shard is None else shards.parse_shard(shard)   # "" (an unset variable) is refused, not the whole run
     if part and (out_path.suffix != ".npy" or interpolate or manifold):
         raise UsageError("--shard splits a run of random samples written to .npy")
+    if precision == Precision.bf16 and provider != SampleProvider.openvino:
+        raise UsageError("--precision bf16 needs --provider openvino (onnxruntime has no bf16 CPU kernels)")
     positions = shards.shard_range(n, *part) if part else range(n)
     decoder = Decoder(shipped(model, "decoder.onnx"), provider=provider.value, precision=precision.value)
     if interpolate or manifold:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from enum import Enum
 from pathlib import Path
@@ -111,9 +110,16 @@ def train(
                              **{k: v for k, v in given.items() if v is not None})
     out_dir = check_writable(out_dir or Path("runs") / preset_name, folder=True)
     if nproc > 1:  # the options are valid: now run this very command in nproc processes
-        if _torchrun(nproc, ["train", *_without_option(sys.argv[2:], "--nproc")]):
-            raise VaeExportError(f"a process of the run failed (torchrun's report is above); "
-                                 f"the last good checkpoint in {out_dir} is kept")
+        if "LOCAL_RANK" in os.environ:
+            raise UsageError("--nproc starts torchrun itself; under torchrun, leave it out")
+        from vae_export.training.launch import run_parallel
+
+        code, line = run_parallel(nproc, ["train", *_without_option(sys.argv[2:], "--nproc")])
+        if code:
+            checkpoint = out_dir / "checkpoint.pt"
+            kept = (f"; the last good checkpoint, {checkpoint}, is kept" if checkpoint.is_file()
+                    else f"; no checkpoint was written in {out_dir}")
+            raise VaeExportError(f"a process of the run failed: {line or f'exit code {code}'}{kept}")
         return
     world = distributed.World.from_env()
     quiet = quiet or not world.is_main  # under torchrun, rank 0 alone reports
@@ -135,14 +141,6 @@ def train(
               f"(recon {last['test_recon']:.2f}, KL {last['test_kl']:.2f}), PSNR {last['test_psnr']:.1f} dB, {sum(m['seconds'] for m in metrics):.1f} s training")
     if not quiet:
         err.print(f"next: vae-export onnx {out_dir / 'checkpoint.pt'} --out {out_dir / 'export'}")
-
-
-def _torchrun(nproc: int, args: list[str]) -> int:
-    """`python -m vae_export ARGS` in `nproc` processes on this machine under torchrun; its exit code."""
-    if "LOCAL_RANK" in os.environ:
-        raise UsageError("--nproc starts torchrun itself; under torchrun, leave it out")
-    return subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                            f"--nproc-per-node={nproc}", "-m", "vae_export", *args])
 
 
 def _without_option(args: list[str], name: str) -> list[str]:
