@@ -145,7 +145,7 @@ def _first_step_gradient(rank: int, port: int, root: Path, out: Path) -> None:
     torch.set_num_threads(1)
     world, dev = distributed.setup(torch.device("cpu"))
     try:
-        run = Run.start(make_config("mlp"), SETTINGS, dev)
+        run = Run.start(make_config("mlp", likelihood="bernoulli"), SETTINGS, dev)
         train_epoch(run, 1, _images(root), None, distributed.wrap(run.model, world), world)
         if world.is_main:
             torch.save({name: p.grad for name, p in run.model.named_parameters()}, out)
@@ -159,7 +159,7 @@ def test_first_step_gradient_of_two_ranks_equals_the_single_process_gradient(mni
     torch.multiprocessing.spawn(_first_step_gradient, args=(free_port(), mnist_root, tmp_path / "g.pt"), nprocs=2)
     ddp = torch.load(tmp_path / "g.pt", weights_only=True)
 
-    run = Run.start(make_config("mlp"), SETTINGS, torch.device("cpu"))
+    run = Run.start(make_config("mlp", likelihood="bernoulli"), SETTINGS, torch.device("cpu"))
     x_all = _images(mnist_root)
     (idx,) = batches(len(x_all), SETTINGS.batch_size, run.shuffle_rng)
     state = run.noise_rng.get_state()

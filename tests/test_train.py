@@ -24,7 +24,7 @@ def test_training_lowers_the_test_loss_and_writes_every_file(mnist_root, tmp_pat
     assert {"epoch", "train_loss", "test_loss", "test_recon", "test_kl", "seconds"} <= set(lines[0])
     assert not list(tmp_path.glob(".*.tmp"))  # no temp file left behind
     model, state = load_model(tmp_path / "checkpoint.pt")
-    assert state["epoch"] == 3 and model.config == make_config("mlp")
+    assert state["epoch"] == 3 and model.config == make_config("mlp", likelihood="bernoulli")  # auto picked bernoulli on MNIST
 
 
 def test_conv_preset_trains_and_draws_its_2d_manifold(mnist_root, tmp_path):

@@ -22,8 +22,8 @@ from vae_export.checkpoint import load_checkpoint, save_checkpoint, typed_datacl
 from vae_export.config import VAEConfig
 from vae_export.errors import CheckpointError, TrainingDiverged, UsageError, VaeExportError, first_line
 from vae_export.files import OwnedDir, atomic_open, made_dir, run_lock, strict_json
-from vae_export.likelihood import bernoulli_draw, check_binarize, static_binarized
-from vae_export.model import VAE, elbo_terms
+from vae_export.likelihood import bernoulli_draw, calibrated_sigma, check_binarize, choose_likelihood, static_binarized
+from vae_export.model import VAE, elbo_terms, pixel_sigma
 
 from . import distributed, plots
 from .data import batches, check_same_data, load_from_settings, parse_dataset, resolve_data_dir, to_float
@@ -36,6 +36,7 @@ PRECISIONS = ("auto", "fp32", "bf16")   # auto: bf16 on CUDA, fp32 on CPU (see d
 @dataclass(frozen=True)
 class TrainSettings:
     epochs: int = 10
+    min_steps: int = 0                # small datasets: more epochs, until this many optimizer steps (CLI default 2000)
     batch_size: int = 128
     lr: float = 1e-3
     seed: int = 1
@@ -91,11 +92,12 @@ class BatchProgress(NamedTuple):
     batches: int        # batches in this epoch
     images: int         # images done in this epoch
     loss: float         # running mean loss per image (nats)
+    epochs: int = 0     # epochs the run will reach
 
 
 OnBatch = Callable[[BatchProgress], None]
 OnEpoch = Callable[[dict[str, Any]], None]       # the epoch's metrics
-OnData = Callable[[str], None]                   # a one-line description of the data, once loaded
+OnData = Callable[[str], None]                   # a one-line description of the data (and the likelihood chosen)
 
 
 @dataclass
@@ -202,15 +204,24 @@ def _train_locked(config: VAEConfig, settings: TrainSettings, out: Path, world: 
         check_same_data(run.data, run.config.image_shape, data, out / CHECKPOINT)
     else:
         data = load_from_settings(dataclasses.asdict(settings), resolve_data_dir(data_dir))
+        chosen = ""
+        if config.likelihood == "auto":
+            likelihood, why = choose_likelihood(data.train, settings.binarize)
+            config, chosen = dataclasses.replace(config, likelihood=likelihood), f"likelihood auto: {likelihood} ({why})"
         run = Run.start(dataclasses.replace(config, image_shape=data.image_shape), settings, dev)
-        run.data = {"description": data.description, "split": data.split}
+        run.data = {"description": data.description, "split": data.split, "likelihood_choice": chosen}
     settings = run.settings
     if dev.type == "cuda" and settings.precision != "fp32":  # TF32 tensor cores for the float32 matmuls
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     check_binarize(settings.binarize, run.config.likelihood)
     if on_data:
         on_data(data.description)
+        if run.data.get("likelihood_choice"):
+            on_data(run.data["likelihood_choice"])
 
+    if settings.min_steps and not resume:   # a small dataset trains for epochs enough to make min_steps steps
+        per_epoch = math.ceil(len(data.train[: settings.limit]) / settings.batch_size)
+        settings = run.settings = dataclasses.replace(settings, epochs=max(settings.epochs, math.ceil(settings.min_steps / per_epoch)))
     train_x = to_float(data.train[: settings.limit]).to(dev)
     test_x = to_float(data.test[: settings.limit]).to(dev)
     del data
@@ -263,6 +274,7 @@ def train_epoch(run: Run, epoch: int, x_all: torch.Tensor, on_batch: OnBatch | N
     Under DDP (`net` wraps run.model) each rank computes its slice of every global batch."""
     model, optimizer = (run.model if net is None else net).train(), run.optimizer
     beta, likelihood, sigma = run.config.beta, run.config.likelihood, run.config.sigma
+    squared = torch.zeros(run.config.image_shape[0], device=x_all.device)   # calibrated: sum of sigma^2 per channel
     total = torch.zeros((), device=x_all.device)
     index = batches(len(x_all), run.settings.batch_size, run.shuffle_rng)
     noise = distributed.epoch_noise(run.noise_rng, world)
@@ -276,6 +288,9 @@ def train_epoch(run: Run, epoch: int, x_all: torch.Tensor, on_batch: OnBatch | N
             x = bernoulli_draw(x, noise)
         with autocast:
             logits, mu, logvar = model(x, noise)
+        if likelihood == "calibrated":   # sigma-VAE: this batch's maximum-likelihood sigma per channel
+            sigma = calibrated_sigma(torch.sigmoid(logits.detach().float()), x)
+            squared += sigma.flatten() ** 2
         recon, kl = elbo_terms(logits.float(), x, mu.float(), logvar.float(), likelihood, sigma)
         loss = recon + beta * kl
         optimizer.zero_grad(set_to_none=True)
@@ -290,26 +305,37 @@ def train_epoch(run: Run, epoch: int, x_all: torch.Tensor, on_batch: OnBatch | N
                 raise TrainingDiverged(f"loss became {running} in batch {i + 1}; the last good checkpoint is kept "
                                        "(try a lower --lr or --beta)")
             if on_batch:
-                on_batch(BatchProgress(epoch, i + 1, len(index), int(seen_all), running))
+                on_batch(BatchProgress(epoch, i + 1, len(index), int(seen_all), running, run.settings.epochs))
+    if likelihood == "calibrated":   # the epoch's sigma, which evaluation and the checkpoint use
+        channel_sigma = tuple(round(v, 6) for v in (squared / len(index)).sqrt().tolist())
+        run.config = run.model.config = dataclasses.replace(run.config, channel_sigma=channel_sigma)
     return running
 
 
 @torch.no_grad()
 def evaluate(model: VAE, x_all: torch.Tensor, batch_size: int = 2000, seed: int = 1) -> dict[str, float]:
     """Test loss per image in nats: one reparameterized sample per image, as pytorch/examples'
-    `Test set loss` (a single-sample ELBO estimate), with a fixed noise seed so it is repeatable."""
+    `Test set loss` (a single-sample ELBO estimate), with a fixed noise seed so it is repeatable;
+    and the mean PSNR of the reconstructions from the posterior means (what `reconstruct` gives)."""
     model.eval()
     rng = torch.Generator(device=x_all.device).manual_seed(seed)
-    recon_sum = kl_sum = 0.0
+    recon_sum = kl_sum = psnr_sum = 0.0
     for x in x_all.split(batch_size):
         logits, mu, logvar = model(x, rng)
-        recon, kl = elbo_terms(logits, x, mu, logvar, model.config.likelihood, model.config.sigma)
+        psnr_sum += psnr(model.decoder(mu), x).sum().item()
+        recon, kl = elbo_terms(logits, x, mu, logvar, model.config.likelihood, pixel_sigma(model.config).to(x.device)
+                               if model.config.likelihood == "calibrated" else model.config.sigma)
         recon_sum, kl_sum = recon_sum + recon.item(), kl_sum + kl.item()
     n = len(x_all)
     loss = (recon_sum + model.config.beta * kl_sum) / n
     if not math.isfinite(loss):
         raise TrainingDiverged(f"test loss became {loss}; the last good checkpoint is kept")
-    return {"test_loss": loss, "test_recon": recon_sum / n, "test_kl": kl_sum / n}
+    return {"test_loss": loss, "test_recon": recon_sum / n, "test_kl": kl_sum / n, "test_psnr": round(psnr_sum / n, 3)}
+
+
+def psnr(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Peak signal-to-noise ratio per image in dB (pixels in [0, 1]): 10 log10(1 / MSE), MSE floored at 1e-10."""
+    return -10 * torch.log10((recon.float() - x).pow(2).flatten(1).mean(1).clamp(min=1e-10))
 
 
 def _write_metrics(metrics: list[dict[str, Any]], path: Path) -> None:

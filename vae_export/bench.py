@@ -27,6 +27,7 @@ The report (`run_bench`'s return value, plain JSON types):
 from __future__ import annotations
 
 import copy
+import dataclasses
 import gc
 import os
 import platform
@@ -47,6 +48,7 @@ from . import runtime
 from .checkpoint import load_model
 from .config import PRESETS, VAEConfig
 from .errors import UsageError, VaeExportError, first_line
+from .likelihood import choose_likelihood
 from .export import SPECS, calibration_latents, export_decoder_variants, export_onnx, export_torchscript
 from .export_pt2 import export_aoti, export_pt2
 from .model import VAE
@@ -352,6 +354,8 @@ def _train_speed(config: VAEConfig, dev: torch.device, images: torch.Tensor, ste
     `vae-export train` runs (model layout, fused Adam, loss, host syncs), not a copy of it."""
     from vae_export.training.train import Run, TrainSettings, train_epoch
 
+    if config.likelihood == "auto":   # what training would choose on these images (bernoulli on MNIST)
+        config = dataclasses.replace(config, likelihood=choose_likelihood(images, "none")[0])
     run = Run.start(config, TrainSettings(batch_size=TRAIN_BATCH, seed=0), dev)
     x_all, block = images.to(dev), steps * TRAIN_BATCH
     seconds = []

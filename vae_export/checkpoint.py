@@ -73,10 +73,11 @@ def _check_weights(weights: Any, config: VAEConfig, path: Path) -> None:
         raise CheckpointError(f"{path}: its config does not build a model ({first_line(e)})") from None
     for name, want in expected.items():
         got = weights.get(name)
-        if not isinstance(got, torch.Tensor) or got.shape != want.shape or not got.is_floating_point():
+        # float weights, and BatchNorm's int64 batch counter
+        if not isinstance(got, torch.Tensor) or got.shape != want.shape or got.is_floating_point() != want.is_floating_point():
             found = f"shape {tuple(got.shape)} {got.dtype}" if isinstance(got, torch.Tensor) else "missing"
             raise CheckpointError(f"{path} does not match its own config: weight {name} should be "
-                                  f"{tuple(want.shape)} float, found {found}")
+                                  f"{tuple(want.shape)} {'float' if want.is_floating_point() else want.dtype}, found {found}")
         if not torch.isfinite(got).all():
             raise CheckpointError(f"{path}: weight {name} holds NaN or infinite values")
     extra = sorted(set(weights) - set(expected))

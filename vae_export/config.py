@@ -12,7 +12,9 @@ from typing import Any
 from .errors import UsageError
 
 ARCHS = ("mlp", "conv")
-LIKELIHOODS = ("bernoulli", "gaussian")
+LIKELIHOODS = ("auto", "bernoulli", "gaussian", "calibrated")   # auto: chosen from the data when training starts
+NORMS = ("none", "batch")
+ACTIVATIONS = ("relu", "silu", "leaky_relu")
 
 
 @dataclass(frozen=True)
@@ -24,15 +26,20 @@ class VAEConfig:
     channels: tuple[int, ...] = ()                 # conv only: encoder conv widths, one 3x3 layer each
     strides: tuple[int, ...] = ()                  # conv only: each layer's stride, 1 or 2; () = derived (see conv_strides)
     latent_dim: int = 20
-    likelihood: str = "bernoulli"                  # "bernoulli" (BCE) or "gaussian" (MSE)
+    likelihood: str = "bernoulli"                  # "bernoulli" (BCE), "gaussian" (MSE), "calibrated" (sigma-VAE), "auto"
     beta: float = 1.0                              # KL weight
     sigma: float = 0.5 ** 0.5                      # gaussian: the fixed pixel std (sqrt(1/2): MSE sum = NLL + const)
+    channel_sigma: tuple[float, ...] = ()          # calibrated: the training set's RMSE per channel (set by training)
+    norm: str = "none"                             # conv only: "batch" = BatchNorm after each conv (folded at export)
+    activation: str = "relu"                       # conv only: "relu", "silu" or "leaky_relu" (slope 0.2)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
             raise UsageError(f"unknown arch {self.arch!r}; expected one of {', '.join(ARCHS)}")
         if self.likelihood not in LIKELIHOODS:
             raise UsageError(f"unknown likelihood {self.likelihood!r}; expected one of {', '.join(LIKELIHOODS)}")
+        if self.norm not in NORMS or self.activation not in ACTIVATIONS:
+            raise UsageError(f"norm must be one of {', '.join(NORMS)} and activation one of {', '.join(ACTIVATIONS)}")
         if self.latent_dim < 1 or any(h < 1 for h in self.hidden + self.channels):
             raise UsageError("latent_dim and every hidden/channel width must be >= 1")
         if not self.beta >= 0:
@@ -94,17 +101,18 @@ class VAEConfig:
 
 
 PRESETS: dict[str, VAEConfig] = {
-    # pytorch/examples vae/main.py
-    "mlp": VAEConfig("mlp", "mlp", hidden=(400,), latent_dim=20, likelihood="bernoulli"),
-    "mlp-small": VAEConfig("mlp-small", "mlp", hidden=(256,), latent_dim=20, likelihood="bernoulli"),
+    # pytorch/examples vae/main.py (auto: bernoulli on MNIST-like images, calibrated on photos)
+    "mlp": VAEConfig("mlp", "mlp", hidden=(400,), latent_dim=20, likelihood="auto"),
+    "mlp-small": VAEConfig("mlp-small", "mlp", hidden=(256,), latent_dim=20, likelihood="auto"),
     # the deeper MLP tutorials: 784-256-64-10, Gaussian likelihood (summed squared error)
     "mlp-deep": VAEConfig("mlp-deep", "mlp", hidden=(256, 64), latent_dim=10, likelihood="gaussian"),
     # the convolutional VAE with a 2-D latent (Keras / Pyro tutorials), plotted as a manifold
     "conv": VAEConfig("conv", "conv", hidden=(32,), channels=(16, 32, 32), strides=(1, 2, 1), latent_dim=2,
-                      likelihood="bernoulli"),
-    # bigger colour images (64x64x3): four conv layers, stride 2 where the size allows, a 64-D latent
+                      likelihood="auto"),
+    # bigger colour images (64x64x3): four conv layers, stride 2 where the size allows, a 64-D latent;
+    # BatchNorm (folded at export) and SiLU: without them it learns brightness and keeps colour grey
     "conv-large": VAEConfig("conv-large", "conv", hidden=(256,), channels=(16, 32, 64, 128), latent_dim=64,
-                            likelihood="bernoulli"),
+                            likelihood="auto", norm="batch", activation="silu"),
 }
 
 

@@ -27,7 +27,7 @@ from .config import VAEConfig
 from .errors import UsageError
 from .files import require_memory
 from .likelihood import bernoulli_draw, check_binarize, describe, log_likelihood, log_normal, static_binarized
-from .model import VAE
+from .model import VAE, pixel_sigma
 from .provenance import from_checkpoint
 
 DRAWS_PER_CALL = 16384       # latents decoded per network call (images x samples): bounded memory for any k
@@ -131,12 +131,16 @@ def per_image(nets: Networks, x: torch.Tensor, config: VAEConfig, settings: Eval
     and `mu` (N, L), the posterior means for the active-unit count. The k samples of an image are
     drawn once (max k) and the estimate for each smaller k averages its disjoint groups of k."""
     kmax, dev = max(settings.ks), x.device
+    sigma = pixel_sigma(config)
+    sigma = sigma.to(dev) if isinstance(sigma, torch.Tensor) else sigma
     batch = max(1, DRAWS_PER_CALL // kmax)              # images per batch
     chunk = min(kmax, DRAWS_PER_CALL // batch)          # samples per network call
-    out = {"nll": [], "recon": [], "kl": [], "mu": []}
+    out = {"nll": [], "recon": [], "kl": [], "mu": [], "psnr": []}
     for start in range(0, len(x), batch):
         xb = x[start: start + batch]                     # (B, C, H, W)
         mu, logvar = nets.encode(xb)                     # (B, L) each
+        mse = (torch.sigmoid(nets.decode_logits(mu)) - xb).pow(2).flatten(1).mean(1)   # from the posterior means
+        out["psnr"].append(-10 * torch.log10(mse.clamp(min=1e-10)).double())
         eps = torch.stack([image_noise(settings.seed, start + i, kmax, config.latent_dim)
                            for i in range(len(xb))]).to(dev)    # (B, kmax, L)
         log_w, log_px_z = [], []
@@ -144,7 +148,7 @@ def per_image(nets: Networks, x: torch.Tensor, config: VAEConfig, settings: Eval
             e = eps[:, s: s + chunk]                                           # (B, c, L)
             z = mu[:, None] + torch.exp(0.5 * logvar)[:, None] * e             # (B, c, L)
             logits = nets.decode_logits(z.flatten(0, 1)).unflatten(0, e.shape[:2])  # (B*c, C, H, W) -> (B, c, C, H, W)
-            ll = log_likelihood(logits, xb[:, None], config.likelihood, config.sigma)   # (B, c)
+            ll = log_likelihood(logits, xb[:, None], config.likelihood, sigma)          # (B, c)
             log_q = log_normal(e) - 0.5 * logvar.sum(-1, keepdim=True)         # log q(z|x), exact via eps
             log_w.append((ll + log_normal(z) - log_q).double())
             log_px_z.append(ll.double())
@@ -155,7 +159,7 @@ def per_image(nets: Networks, x: torch.Tensor, config: VAEConfig, settings: Eval
         out["mu"].append(mu.double())
         if on_images:
             on_images(len(xb))
-    return {"nll": torch.cat(out["nll"], 1).cpu(), **{k: torch.cat(out[k]).cpu() for k in ("recon", "kl", "mu")}}
+    return {"nll": torch.cat(out["nll"], 1).cpu(), **{k: torch.cat(out[k]).cpu() for k in ("recon", "kl", "mu", "psnr")}}
 
 
 def grouped_log_mean_exp(log_w: torch.Tensor, k: int) -> torch.Tensor:
@@ -179,9 +183,9 @@ def summary(figures: dict[str, torch.Tensor], config: VAEConfig, settings: EvalS
     recon, kl = figures["recon"].mean().item(), figures["kl"].mean().item()
     variance = figures["mu"].var(0) if n > 1 else torch.zeros(config.latent_dim)
     return {
-        "nll": rows, "elbo_nats": recon + kl, "recon_nats": recon, "kl_nats": kl,
+        "nll": rows, "elbo_nats": recon + kl, "psnr_db": figures["psnr"].mean().item(), "recon_nats": recon, "kl_nats": kl,
         "active_units": int((variance > ACTIVE_THRESHOLD).sum()), "latent_dim": config.latent_dim,
-        "likelihood": config.likelihood, "sigma": config.sigma if config.likelihood == "gaussian" else None,
+        "likelihood": config.likelihood, "sigma": config.sigma if config.likelihood == "gaussian" else (list(config.channel_sigma) or None),
         "binarize": settings.binarize, "meaning": describe(config.likelihood, config.sigma, settings.binarize),
         "n_images": n, "encoder": nets.encoder, "decoder": nets.decoder, "seconds": round(seconds, 2),
         "settings": {**asdict(settings), "ks": list(settings.ks)},

@@ -28,7 +28,7 @@ from . import __version__
 from .config import VAEConfig
 from .errors import ArtifactError, UsageError, first_line
 from .files import atomic_open, sha256_file, strict_json, writable_dir, write_json
-from .model import VAE
+from .model import VAE, folded
 
 DEFAULT_OPSET = 18
 BATCH_AXIS = "batch_size"           # the diffusers name for a VAE's dynamic batch axis
@@ -52,9 +52,10 @@ class ExportSpec:
 
 
 SPECS: dict[str, ExportSpec] = {
-    "encoder": ExportSpec("encoder", ("sample",), ("mu", "logvar"), lambda vae: vae.encoder,
+    # folded: BatchNorm merged into the preceding convolution, so no graph has a BatchNormalization node
+    "encoder": ExportSpec("encoder", ("sample",), ("mu", "logvar"), lambda vae: folded(vae.encoder),
                           lambda c, b, g: torch.rand(b, *c.image_shape, generator=g)),
-    "decoder": ExportSpec("decoder", ("latent_sample",), ("sample",), lambda vae: vae.decoder,
+    "decoder": ExportSpec("decoder", ("latent_sample",), ("sample",), lambda vae: folded(vae.decoder),
                           lambda c, b, g: torch.randn(b, c.latent_dim, generator=g)),
 }
 
@@ -95,6 +96,7 @@ def metadata(config: VAEConfig, checkpoint: dict[str, Any], checkpoint_sha256: s
         "image_shape": list(config.image_shape), "channels": channels, "color": "rgb" if channels == 3 else "grey",
         "image_size": [height, width], "value_range": [0.0, 1.0],     # pixels in and out, channel-first (N, C, H, W)
         "likelihood": config.likelihood, "beta": config.beta,
+        "channel_sigma": list(config.channel_sigma) or None,   # calibrated: the decoder's pixel std per channel
         "output_range": [0.0, 1.0] if spec.role == "decoder" else None,
         "dataset": checkpoint.get("settings", {}).get("dataset"),
         "dataset_description": checkpoint.get("data", {}).get("description"), "epochs_trained": checkpoint.get("epoch"),

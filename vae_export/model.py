@@ -9,11 +9,39 @@ separate modules so each exports alone, composed by `VAE` with the reparameteriz
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .config import VAEConfig
+from .likelihood import gaussian_8bit_nll
+
+
+ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "leaky_relu": lambda: nn.LeakyReLU(0.2)}
+
+
+def _conv_block(conv: nn.Module, n_out: int, config: VAEConfig) -> list[nn.Module]:
+    """conv -> [BatchNorm] -> activation. BatchNorm keeps every layer's activations at unit scale, which
+    lets the small colour differences between channels through a deep stack (see docs: colour)."""
+    norm = [nn.BatchNorm2d(n_out)] if config.norm == "batch" else []
+    return [conv, *norm, ACTIVATIONS[config.activation]()]
+
+
+def folded(module: nn.Module) -> nn.Module:
+    """A copy of `module` in eval mode with every BatchNorm that follows a convolution folded into it
+    (`torch.nn.utils.fusion`): the exported graphs have no BatchNormalization node, and the copy
+    computes what the eval-mode module does."""
+    module = copy.deepcopy(module).eval()
+    for seq in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
+        for i in range(len(seq) - 1):
+            conv, bn = seq[i], seq[i + 1]
+            if isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d)) and isinstance(bn, nn.BatchNorm2d):
+                seq[i] = fuse_conv_bn_eval(conv, bn, transpose=isinstance(conv, nn.ConvTranspose2d))
+                seq[i + 1] = nn.Identity()
+    return module
 
 
 def _mlp(widths: list[int]) -> nn.Sequential:
@@ -38,12 +66,12 @@ class Encoder(nn.Module):
         else:
             layers: list[nn.Module] = []
             for n_in, n_out, stride in zip((c, *config.channels), config.channels, config.conv_strides):
-                layers += [nn.Conv2d(n_in, n_out, 3, stride=stride, padding=1), nn.ReLU()]  # H, W halve if stride 2
+                layers += _conv_block(nn.Conv2d(n_in, n_out, 3, stride=stride, padding=1), n_out, config)  # H, W halve if stride 2
             gh, gw = config.conv_grid
             self.body = nn.Sequential(
                 *layers,                                                  # (B, c_last, gh, gw)
                 nn.Flatten(),                                             # (B, c_last * gh * gw)
-                nn.Linear(config.channels[-1] * gh * gw, config.hidden[0]), nn.ReLU(),
+                nn.Linear(config.channels[-1] * gh * gw, config.hidden[0]), ACTIVATIONS[config.activation](),
             )
         self.mu = nn.Linear(config.hidden[-1], config.latent_dim)
         self.logvar = nn.Linear(config.hidden[-1], config.latent_dim)
@@ -66,11 +94,11 @@ class Decoder(nn.Module):
         else:
             # one transposed conv undoes each stride-2 encoder layer, with that layer's width, in reverse
             gh, gw, width = *config.conv_grid, config.channels[-1]
-            layers: list[nn.Module] = [nn.Linear(config.latent_dim, width * gh * gw), nn.ReLU(),
+            layers: list[nn.Module] = [nn.Linear(config.latent_dim, width * gh * gw), ACTIVATIONS[config.activation](),
                                        nn.Unflatten(1, (width, gh, gw))]                       # (B, c_last, gh, gw)
             downs = [n for n, s in zip(config.channels, config.conv_strides) if s == 2]
             for n_out in reversed(downs):
-                layers += [nn.ConvTranspose2d(width, n_out, 3, stride=2, padding=1, output_padding=1), nn.ReLU()]
+                layers += _conv_block(nn.ConvTranspose2d(width, n_out, 3, stride=2, padding=1, output_padding=1), n_out, config)
                 width = n_out                                                                  # H, W double
             self.body = nn.Sequential(*layers, nn.Conv2d(width, c, 3, padding=1))              # (B, C, H, W)
 
@@ -101,19 +129,32 @@ class VAE(nn.Module):
         return self.decoder.logits(z), mu, logvar
 
 
+def pixel_sigma(config: VAEConfig) -> float | torch.Tensor:
+    """The likelihood's sigma for evaluation: the fixed one, or the calibrated one per channel, (C, 1, 1)."""
+    if config.likelihood != "calibrated":
+        return config.sigma
+    return torch.tensor(config.channel_sigma or (config.sigma,) * config.image_shape[0])[:, None, None]
+
+
 def elbo_terms(logits: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
-               likelihood: str, sigma: float = 0.5 ** 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+               likelihood: str, sigma: float | torch.Tensor = 0.5 ** 0.5) -> tuple[torch.Tensor, torch.Tensor]:
     """Reconstruction and KL terms, each summed over the batch (divide by B for nats per image).
 
     bernoulli: binary cross-entropy of sigmoid(logits) against x, summed over pixels (pytorch/examples).
     gaussian:  squared error of sigmoid(logits) against x, summed over pixels, over 2 * sigma^2: the
                Gaussian NLL without its constant (sigma = sqrt(1/2), the default, is the MSE tutorials' loss).
                `vae_export.likelihood.log_likelihood` keeps the constant, for `vae-export evaluate`.
+    calibrated: -log p of the 8-bit pixels under N(sigmoid(logits), sigma^2), sigma (C, 1, 1) per channel:
+               in training the batch's own optimum (`calibrated_sigma`), in evaluation the training set's.
     KL(q(z|x) || N(0, I)) = -0.5 * sum(1 + logvar - mu^2 - exp(logvar))  (Kingma & Welling, App. B).
     """
     if likelihood == "bernoulli":
         recon = F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
-    else:
+    elif likelihood == "calibrated":
+        recon = gaussian_8bit_nll(torch.sigmoid(logits), x, sigma)
+    elif likelihood == "gaussian":
         recon = F.mse_loss(torch.sigmoid(logits), x, reduction="sum") / (2 * sigma**2)
+    else:  # "auto" is resolved from the data when training starts (training.train); never a loss itself
+        raise ValueError(f"likelihood {likelihood!r} has no loss; expected bernoulli, gaussian or calibrated")
     kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
     return recon, kl

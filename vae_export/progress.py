@@ -25,6 +25,7 @@ class TrainProgress:
         return self.bar.__exit__(*exc)
 
     def batch(self, p) -> None:  # p: training.train.BatchProgress
+        self.epochs = p.epochs or self.epochs   # more than asked on a small dataset (min_steps)
         if self.task is None:
             self.t0 = time.perf_counter()
             self.task = self.bar.add_task("", total=p.batches, loss=p.loss, rate=0.0)
@@ -39,7 +40,7 @@ class TrainProgress:
         if not self.quiet:
             self.console.print(f"epoch {m['epoch']:>3}/{self.epochs}  train {m['train_loss']:8.2f}  "
                                f"test {m['test_loss']:8.2f} (recon {m['test_recon']:.2f}, KL {m['test_kl']:.2f})  "
-                               f"{m['seconds']:.1f} s  {m['train_samples_per_s']:,.0f} img/s")
+                               f"PSNR {m.get('test_psnr', float('nan')):.1f} dB  {m['seconds']:.1f} s  {m['train_samples_per_s']:,.0f} img/s")
 
 
 class SampleProgress:

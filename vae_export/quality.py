@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .model import VAE
+from .likelihood import gaussian_8bit_nll
+from .model import VAE, pixel_sigma
 from .runtime import Decoder
 
 PROB_FLOOR = 1e-7     # float32's sigmoid reaches exactly 0 or 1: keep log() finite (cost < 1e-6 nats/pixel)
@@ -38,6 +39,8 @@ def decoder_test_loss(model: VAE, decoder: str | Path | Decoder, images: np.ndar
         if model.config.likelihood == "bernoulli":
             p = np.clip(p, PROB_FLOOR, 1 - PROB_FLOOR)
             recon_sum += float(-(target * np.log(p) + (1 - target) * np.log1p(-p)).sum())
+        elif model.config.likelihood == "calibrated":
+            recon_sum += float(gaussian_8bit_nll(torch.from_numpy(p), x.double(), pixel_sigma(model.config).double()))
         else:
             recon_sum += float(((p - target) ** 2).sum())
         kl_sum += float(-0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()))

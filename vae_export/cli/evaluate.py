@@ -90,4 +90,4 @@ def print_result(r: dict) -> None:
         table.add_row(str(row["k"]), f"{row['nll_nats']:.3f}", f"{row['nll_stderr']:.3f}", f"{row['bits_per_dim']:.4f}")
     out.print(table)
     out.print(f"-ELBO {r['elbo_nats']:.3f} nats = recon {r['recon_nats']:.3f} + KL {r['kl_nats']:.3f}; "
-              f"active units {r['active_units']}/{r['latent_dim']}; likelihood: {r['meaning']}; {r['seconds']:.1f} s")
+              f"PSNR {r['psnr_db']:.2f} dB; active units {r['active_units']}/{r['latent_dim']}; likelihood: {r['meaning']}; {r['seconds']:.1f} s")

@@ -24,11 +24,14 @@ class TrainPrecision(str, Enum):
 
 
 class Likelihood(str, Enum):
+    auto = "auto"
     bernoulli = "bernoulli"
     gaussian = "gaussian"
+    calibrated = "calibrated"
 
 
 SEED_MAX = 2**63 - 2          # torch seeds are 64-bit; the noise generator takes seed + 1
+MIN_STEPS = 2000              # without --epochs: a small dataset trains until this many steps (colour needs them)
 SIZE_MAX = 2**31 - 1          # torch indexes batches and slices with 32/64-bit integers
 
 
@@ -42,12 +45,16 @@ class Binarize(str, Enum):
 @needs_train_extra
 def train(
     preset: Annotated[Optional[Preset], typer.Option(help="Architecture preset.", show_default="mlp")] = None,
-    epochs: Annotated[int, typer.Option(min=1, max=SIZE_MAX, help="Total epochs to reach (also with --resume).")] = 10,
+    epochs: Annotated[Optional[int], typer.Option(min=1, max=SIZE_MAX, show_default="10, or more on a small dataset: as many as make 2000 steps",
+                                                  help="Total epochs to reach (also with --resume).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(min=1, max=SIZE_MAX, show_default="128")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Adam learning rate (> 0).", show_default="0.001")] = None,
     latent_dim: Annotated[Optional[int], typer.Option(min=1, max=2**16, help="Override the preset's latent size.")] = None,
     beta: Annotated[Optional[float], typer.Option(min=0.0, help="KL weight (1 = the ELBO).")] = None,
-    likelihood: Annotated[Optional[Likelihood], typer.Option(help="Override the preset's likelihood.")] = None,
+    likelihood: Annotated[Optional[Likelihood], typer.Option(help="Override the preset's likelihood. auto (every preset but "
+                                                                 "mlp-deep): bernoulli for binary or MNIST-like images, calibrated "
+                                                                 "(a Gaussian with sigma = the RMSE per channel) for colour and "
+                                                                 "grey-level photos; the choice is logged.")] = None,
     sigma: Annotated[Optional[float], typer.Option(help="Gaussian likelihood: the fixed pixel "
                                     "std (> 0) [default: sqrt(1/2), i.e. summed squared error].")] = None,
     binarize: Annotated[Optional[Binarize], typer.Option(show_default="none", help="Binary pixels for a normalized Bernoulli "
@@ -99,7 +106,7 @@ def train(
     given = {"batch_size": batch_size, "lr": lr, "seed": seed, "dataset": dataset, "test_fraction": test_fraction,
              "image_size": _sizes(image_size, "x", "--image-size", "64x64", 2), "image_channels": channels,
              "binarize": binarize.value if binarize else None, "precision": (precision or TrainPrecision.auto).value}
-    settings = TrainSettings(epochs=epochs, patience=patience, limit=limit, skip_bad_files=skip_bad_files,
+    settings = TrainSettings(epochs=epochs or 10, min_steps=0 if epochs or resume else MIN_STEPS, patience=patience, limit=limit, skip_bad_files=skip_bad_files,
                              **{k: v for k, v in given.items() if v is not None})
     out_dir = check_output(out_dir or Path("runs") / preset_name, folder=True)
     if nproc > 1:  # the options are valid: now run this very command in nproc processes
@@ -120,7 +127,7 @@ def train(
         parallel = distributed.describe(world, settings.batch_size, settings.lr)
         err.print(f"{world.size} processes: effective batch {settings.batch_size} "
                   f"({parallel['batch_per_rank']} per process), lr {settings.lr}")
-    progress = TrainProgress(err, epochs, quiet)
+    progress = TrainProgress(err, settings.epochs, quiet)
     with progress:
         metrics = run_training(config, settings, out_dir, data_dir=data_dir, device=device.value, resume=resume,
                                on_batch=progress.batch, on_epoch=progress.epoch,
@@ -131,7 +138,7 @@ def train(
         return
     last = metrics[-1]
     out.print(f"{out_dir / 'checkpoint.pt'}: epoch {last['epoch']}, test loss {last['test_loss']:.2f} nats/image "
-              f"(recon {last['test_recon']:.2f}, KL {last['test_kl']:.2f}), {sum(m['seconds'] for m in metrics):.1f} s training")
+              f"(recon {last['test_recon']:.2f}, KL {last['test_kl']:.2f}), PSNR {last['test_psnr']:.1f} dB, {sum(m['seconds'] for m in metrics):.1f} s training")
     if not quiet:
         err.print(f"next: vae-export onnx {out_dir / 'checkpoint.pt'} --out {out_dir / 'export'}")
 
