@@ -165,7 +165,7 @@ def _export(checkpoint: Path, out_dir: Path, write, data_dir, quiet: bool, next_
 def parity(
     checkpoint: Checkpoint,
     directory: Annotated[Path, typer.Argument(help="Folder holding exported .onnx/.pt2/.aoti.pt2/.torchscript files.")],
-    atol: Annotated[Optional[float], typer.Option(min=0.0, help="Absolute tolerance for every row [default: per backend].")] = None,
+    atol: Annotated[Optional[float], typer.Option(min=0.0, help="Absolute tolerance for every row, on the max error (lossy files are otherwise bounded on the mean) [default: per backend].")] = None,
     rtol: Annotated[Optional[float], typer.Option(min=0.0, help="Relative tolerance for every row [default: per backend].")] = None,
     provider: Annotated[ParityProvider, typer.Option(help="ONNX Runtime providers to check; all = those that run here.")] = ParityProvider.cpu,
     data_dir: Annotated[Optional[Path], typer.Option(help="Dataset root, for parity on real test images.")] = None,

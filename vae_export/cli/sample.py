@@ -36,7 +36,7 @@ class OutDtype(str, Enum):
 @command
 def sample(
     out_path: Annotated[Path, typer.Option("--out", help=".npy (streamed, any N) or .png (an image grid).")],
-    model: Annotated[Optional[Path], typer.Option(help="decoder.onnx [default: the shipped artifacts/mlp model].")] = None,
+    model: Annotated[Optional[Path], typer.Option(help="decoder.onnx, or an export folder (the --precision variant is picked from it) [default: the shipped artifacts/mlp model].")] = None,
     n: Annotated[int, typer.Option("-n", min=1, help="Number of samples (.png: the grid holds all of them).")] = 64,
     batch_size: Annotated[int, typer.Option(min=1)] = 8192,
     seed: Annotated[int, typer.Option(min=0, help="Same seed, same samples, on every provider and batch size.")] = 0,
@@ -48,7 +48,7 @@ def sample(
     shard: Annotated[Optional[str], typer.Option(metavar="K/N", help="Write only part K of N of the -n samples (.npy); `merge` joins the parts.")] = None,
     quiet: Quiet = False,
 ):
-    """Sample images from an ONNX decoder through onnxruntime (CPU or CUDA)."""
+    """Sample images from an ONNX decoder through onnxruntime (CPU or CUDA) or OpenVINO (CPU)."""
     from .. import sampling, shards
     from ..progress import SampleProgress
     from ..runtime import Decoder

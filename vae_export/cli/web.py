@@ -13,7 +13,7 @@ from .common import Quiet, command, err, out
 
 @command
 def web(
-    export_dir: Annotated[Path, typer.Argument(help="A folder written by `vae-export onnx` (decoder.onnx + decoder.json).")],
+    export_dir: Annotated[Path, typer.Argument(help="A folder written by `vae-export export` or `onnx` (decoder.onnx + decoder.json).")],
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for the site; the files of a site built earlier there are replaced, nothing else.")] = Path("site"),
     serve: Annotated[bool, typer.Option("--serve", help="Then serve it on http://127.0.0.1 until Ctrl-C.")] = False,
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port for --serve (0: any free port).")] = 8000,
