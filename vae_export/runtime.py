@@ -198,7 +198,7 @@ class Decoder(_Model):
 
     def __new__(cls, path: str | os.PathLike = "", provider: str = "cpu", *args, **kwargs):
         """provider="openvino": an OpenVINODecoder (openvino_backend.py, the optional `runtimes` extra)."""
-        if provider == "openvino" and cls is Decoder:
+        if isinstance(provider, str) and provider == "openvino" and cls is Decoder:  # any other type: __init__ refuses it
             from .openvino_backend import OpenVINODecoder
 
             return super().__new__(OpenVINODecoder)
@@ -369,7 +369,7 @@ def _check_args(path: Any, provider: Any, threads: Any) -> None:
     """The constructor's arguments, typed before any file is read."""
     _check_path(path)
     if not isinstance(provider, str):
-        raise UsageError(f"provider must be one of cpu, cuda, auto, got {provider!r}")
+        raise UsageError(f"provider must be one of cpu, cuda, auto, openvino, got {provider!r}")
     if threads is not None:
         _check_int(threads, "threads", 1, 1024)
 
