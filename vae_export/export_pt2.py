@@ -143,8 +143,14 @@ def load(path: Path, fmt: str) -> tuple[Callable[..., Any], dict[str, Any]]:
 
 def runner(path: Path, role: str, fmt: str) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
     """A function from an input batch to {output name: array}, running the file through torch."""
-    spec = SPECS[role]
     module, meta = load(path, fmt)
+    return torch_runner(module, meta, path, role)
+
+
+def torch_runner(module: Callable, meta: dict, path: Path, role: str) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+    """{output name: array} from a loaded torch module (.pt2, AOTInductor or TorchScript) whose metadata says
+    it is `role`: the one place that checks a torch-loaded file's role and names its outputs."""
+    spec = SPECS[role]
     if meta.get("role") != role or meta.get("outputs") != list(spec.outputs):
         raise ArtifactError(f"{path}: metadata says role {meta.get('role')!r}, outputs {meta.get('outputs')}; "
                             f"expected {role!r}, {list(spec.outputs)}")

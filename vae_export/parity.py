@@ -150,9 +150,9 @@ def _role_variant(path: Path) -> tuple[str, str]:
 def _runner(path: Path, role: str, backend: str) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
     """A function from an input batch to {output name: array}, running the artifact on `backend`."""
     spec = SPECS[role]
-    if backend in ("pt2", "aoti"):
-        from .export_pt2 import runner
+    from .export_pt2 import runner, torch_runner
 
+    if backend in ("pt2", "aoti"):
         return runner(path, role, backend)
     if backend == "torchscript":
         extra = {TORCHSCRIPT_EXTRA: ""}
@@ -163,17 +163,7 @@ def _runner(path: Path, role: str, backend: str) -> Callable[[np.ndarray], dict[
             meta = json.loads(extra[TORCHSCRIPT_EXTRA])
         except Exception as e:  # noqa: BLE001 - torch.jit raises RuntimeError, JSONDecodeError, ...
             raise ArtifactError(f"{path} is not a loadable vae-export TorchScript file ({first_line(e, 200)})") from None
-        if meta.get("role") != role or meta.get("outputs") != list(spec.outputs):
-            raise ArtifactError(f"{path}: metadata says role {meta.get('role')!r}, outputs {meta.get('outputs')}; "
-                                f"expected {role!r}, {list(spec.outputs)}")
-
-        def run_ts(x: np.ndarray) -> dict[str, np.ndarray]:
-            with torch.inference_mode():
-                y = module(torch.from_numpy(x))
-            y = y if isinstance(y, tuple) else (y,)
-            return {name: t.numpy() for name, t in zip(spec.outputs, y)}
-
-        return run_ts
+        return torch_runner(module, meta, path, role)
     # the runtime refuses files with external data before onnxruntime reads them
     cls = runtime.Decoder if role == "decoder" else runtime.Encoder
     net = cls(path, provider=backend.removeprefix("onnxruntime-"))
