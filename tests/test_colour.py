@@ -1,6 +1,7 @@
 """Colour images come back in colour: a small conv-large model trained with the defaults (likelihood
-auto -> calibrated, BatchNorm + SiLU) on coloured squares keeps each image's colours through the
-exported ONNX encoder and decoder; the likelihood's choice is logged and recorded; BatchNorm is folded."""
+auto -> calibrated, BatchNorm + SiLU, the latent on an 8x8 conv grid) on coloured squares keeps each
+image's colours through the exported ONNX encoder and decoder; the likelihood's choice is logged and
+recorded; BatchNorm is folded; the grid latent is sized by the image and the CLI says how to change it."""
 
 import json
 
@@ -9,12 +10,16 @@ import onnx
 import pytest
 import torch
 
+from typer.testing import CliRunner
+
 from vae_export import runtime
+from vae_export.cli import app
 from vae_export.checkpoint import load_checkpoint, load_model
-from vae_export.config import make_config
+from vae_export.config import VAEConfig, make_config
 from vae_export.export import export_onnx
 from vae_export.files import sha256_file
 from vae_export.likelihood import choose_likelihood
+from vae_export.model import VAE
 from vae_export.training.train import TrainSettings, train
 
 
@@ -43,7 +48,7 @@ def colour_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("colour")
     np.savez(root / "squares.npz", images=squares(500))
     lines = []
-    train(make_config("conv-large"), TrainSettings(epochs=32, batch_size=16, lr=3e-3, seed=0, dataset=f"npz:{root / 'squares.npz'}"),
+    train(make_config("conv-large"), TrainSettings(epochs=32, batch_size=16, lr=3e-3, lr_schedule="onecycle", seed=0, dataset=f"npz:{root / 'squares.npz'}"),
           root / "run", on_data=lines.append)
     model, state = load_model(root / "run" / "checkpoint.pt")
     export_onnx(model, state, sha256_file(root / "run" / "checkpoint.pt"), root / "export")
@@ -91,3 +96,24 @@ def test_auto_picks_bernoulli_for_binary_grey_images_and_calibrated_for_photos()
     assert choose_likelihood(photos, "none")[0] == "calibrated"
     assert choose_likelihood(photos.expand(-1, 3, -1, -1), "none") == ("calibrated", "colour images")
     assert choose_likelihood(photos, "dynamic")[0] == "bernoulli"
+
+
+def test_conv_large_puts_its_latent_on_an_8x8_grid_and_keeps_the_flat_design_on_request():
+    for size, strides in ((32, (2, 2, 1, 1)), (64, (2, 2, 2, 1))):
+        config = make_config("conv-large", image_shape=(3, size, size))
+        assert config.conv_strides == strides and config.conv_grid == (8, 8) and config.latent_dim == 8 * 64
+        mu, _ = VAE(config).encoder(torch.rand(2, 3, size, size))
+        assert mu.shape == (2, 512)
+    flat = make_config("conv-large", image_shape=(3, 64, 64), latent_channels=0)
+    assert flat.latent_dim == 64 and flat.conv_grid == (4, 4)
+    assert VAE(flat).decoder(torch.zeros(1, 64)).shape == (1, 3, 64, 64)
+    saved_before_grids = {k: v for k, v in flat.to_dict().items() if k != "latent_channels"}   # a 2026-12-02 checkpoint
+    assert VAEConfig.from_dict(saved_before_grids) == flat
+
+
+def test_the_cli_refuses_a_latent_dim_that_a_grid_latent_would_ignore(tmp_path):
+    result = CliRunner().invoke(app, ["train", "--preset", "conv-large", "--latent-dim", "64", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "add --latent-channels 0" in result.output, result.output
+    assert not (tmp_path / "run").exists()
+    result = CliRunner().invoke(app, ["train", "--preset", "mlp", "--latent-channels", "4", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "--latent-channels applies to conv presets" in result.output, result.output

@@ -90,7 +90,7 @@ def test_non_square_grey_array_through_the_pipeline(tmp_path):
         model, state = load_model(tmp_path / preset / "checkpoint.pt")
         assert model.config.image_shape == (1, 48, 40) and state["data"]["split"]["test"] == 60
         assert model.decoder(torch.zeros(2, model.config.latent_dim)).shape == (2, 1, 48, 40)
-    assert model.config.conv_strides == (2, 2, 2, 1)                   # 48x40 -> 6x5 before the fc layer
+    assert model.config.conv_strides == (2, 2, 1, 1) and model.config.latent_dim == 8 * 12 * 10   # a 12x10 grid latent
     images = real_images(state["settings"], shape=model.config.image_shape)
     assert images.shape == (60, 1, 48, 40)
     written = export_onnx(model, state, "sha", tmp_path / "export")

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from vae_export.training.schedule import one_cycle
 from vae_export.training.train import TrainSettings, train
 from vae_export.checkpoint import load_checkpoint, load_model
 from vae_export.config import make_config
@@ -32,8 +33,9 @@ def test_conv_preset_trains_and_draws_its_2d_manifold(mnist_root, tmp_path):
     assert (tmp_path / "manifold.png").stat().st_size > 0
 
 
-def test_resume_after_an_interruption_matches_an_unbroken_run(mnist_root, tmp_path):
-    settings = TrainSettings(epochs=2, limit=1500, seed=3)
+@pytest.mark.parametrize("schedule", ["constant", "onecycle"])
+def test_resume_after_an_interruption_matches_an_unbroken_run(mnist_root, tmp_path, schedule):
+    settings = TrainSettings(epochs=2, limit=1500, seed=3, lr_schedule=schedule)
     train(make_config("mlp-small"), settings, tmp_path / "whole", data_dir=mnist_root)
 
     def interrupt(m):
@@ -50,6 +52,23 @@ def test_resume_after_an_interruption_matches_an_unbroken_run(mnist_root, tmp_pa
     for name, tensor in whole["model"].items():
         assert torch.equal(tensor, resumed["model"][name]), name
     assert whole["metrics"][-1]["test_loss"] == resumed["metrics"][-1]["test_loss"]
+    assert whole["optimizer"]["param_groups"][0]["lr"] == resumed["optimizer"]["param_groups"][0]["lr"]
+    if schedule == "onecycle":   # it ended on its last, lowest rate
+        assert resumed["metrics"][-1]["lr"] < 1e-7 < resumed["metrics"][0]["lr"]
+
+
+def test_one_cycle_follows_torchs_one_cycle_lr_step_by_step():
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.Adam([param], lr=3e-3)
+    reference = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=500, pct_start=0.25)
+    for step in range(500):
+        lr, beta1 = one_cycle(step, 500, 3e-3)
+        group = optimizer.param_groups[0]
+        assert lr == pytest.approx(group["lr"], rel=1e-9) and beta1 == pytest.approx(group["betas"][0], rel=1e-9), step
+        optimizer.step()
+        if step < 499:
+            reference.step()
+    assert one_cycle(10**6, 500, 3e-3) == one_cycle(499, 500, 3e-3)   # past the end: the last rate
 
 
 def test_early_stopping_stops_after_patience_epochs_without_progress(mnist_root, tmp_path):

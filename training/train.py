@@ -26,6 +26,7 @@ from vae_export.likelihood import bernoulli_draw, calibrated_sigma, check_binari
 from vae_export.model import VAE, elbo_terms, pixel_sigma
 
 from . import distributed, plots
+from .schedule import SCHEDULES, one_cycle
 from .data import batches, check_same_data, load_from_settings, parse_dataset, resolve_data_dir, to_float
 
 CHECKPOINT = "checkpoint.pt"
@@ -36,9 +37,10 @@ PRECISIONS = ("auto", "fp32", "bf16")   # auto: bf16 on CUDA, fp32 on CPU (see d
 @dataclass(frozen=True)
 class TrainSettings:
     epochs: int = 10
-    min_steps: int = 0                # small datasets: more epochs, until this many optimizer steps (CLI default 2000)
+    min_steps: int = 0                # small datasets: more epochs, until this many optimizer steps (CLI default 3000)
     batch_size: int = 128
-    lr: float = 1e-3
+    lr: float = 1e-3                  # onecycle: the peak
+    lr_schedule: str = "constant"     # or "onecycle" (training/schedule.py), over all the run's steps
     seed: int = 1
     dataset: str = "mnist"            # mnist, fashion-mnist, cifar10, cifar100, folder:PATH, npy:PATH, npz:PATH
     image_size: tuple[int, int] | None = None   # (H, W) to resize to; default: the data's own size
@@ -59,6 +61,8 @@ class TrainSettings:
                 raise UsageError(f"{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
         if not self.lr > 0:
             raise UsageError(f"lr must be > 0, got {self.lr}")
+        if self.lr_schedule not in SCHEDULES:
+            raise UsageError(f"lr-schedule must be one of {', '.join(SCHEDULES)}, got {self.lr_schedule!r}")
         if self.patience is not None and self.patience <= 0:
             raise UsageError(f"patience must be > 0, got {self.patience}")
         if self.limit is not None and self.limit <= 0:
@@ -245,7 +249,7 @@ def _train_locked(config: VAEConfig, settings: TrainSettings, out: Path, world: 
                                          if world.is_main else None)
             m = {"epoch": epoch, "train_loss": train_loss, **test, "seconds": round(time.perf_counter() - t0, 3),
                  "train_samples_per_s": round(len(train_x) / train_seconds, 1), "device": dev.type,
-                 "world_size": world.size, "batch_size": settings.batch_size, "lr": settings.lr}
+                 "world_size": world.size, "batch_size": settings.batch_size, "lr": run.optimizer.param_groups[0]["lr"]}
             if test["test_loss"] < run.best_test_loss:
                 run.best_test_loss, run.bad_epochs = test["test_loss"], 0
             else:
@@ -293,6 +297,10 @@ def train_epoch(run: Run, epoch: int, x_all: torch.Tensor, on_batch: OnBatch | N
             squared += sigma.flatten() ** 2
         recon, kl = elbo_terms(logits.float(), x, mu.float(), logvar.float(), likelihood, sigma)
         loss = recon + beta * kl
+        if run.settings.lr_schedule == "onecycle":   # from the step alone: a resumed run continues it exactly
+            lr, beta1 = one_cycle((epoch - 1) * len(index) + i, run.settings.epochs * len(index), run.settings.lr)
+            for group in optimizer.param_groups:
+                group["lr"], group["betas"] = lr, (beta1, group["betas"][1])
         optimizer.zero_grad(set_to_none=True)
         distributed.loss_for_backward(loss, world).backward()
         optimizer.step()

@@ -32,6 +32,8 @@ class VAEConfig:
     channel_sigma: tuple[float, ...] = ()          # calibrated: the training set's RMSE per channel (set by training)
     norm: str = "none"                             # conv only: "batch" = BatchNorm after each conv (folded at export)
     activation: str = "relu"                       # conv only: "relu", "silu" or "leaky_relu" (slope 0.2)
+    latent_channels: int = 0                       # conv only: > 0 = a latent on the last conv grid, this many channels
+                                                   # per cell (latent_dim = that times gh * gw, no fc layers); 0 = flat
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -51,28 +53,37 @@ class VAEConfig:
             raise UsageError(f"image_shape must be (1 or 3 channels, height, width), got {self.image_shape}")
         if self.arch == "conv":
             self._check_conv()
+        elif self.latent_channels:
+            raise UsageError(f"{self.preset}: latent_channels applies to conv presets")
 
     def _check_conv(self) -> None:
         _, h, w = self.image_shape
-        if not self.channels or len(self.hidden) != 1:
-            raise UsageError(f"{self.preset}: conv needs at least 1 channel width and exactly 1 hidden width")
+        if not self.channels or (len(self.hidden) != 1 and not self.latent_channels) or self.latent_channels < 0:
+            raise UsageError(f"{self.preset}: conv needs at least 1 channel width and exactly 1 hidden width "
+                             "(or latent_channels > 0)")
         if self.strides and (len(self.strides) != len(self.channels) or set(self.strides) - {1, 2}):
             raise UsageError(f"{self.preset}: strides must be 1 or 2, one per channel width, got {self.strides}")
         factor = 2 ** self.conv_strides.count(2)
         if factor == 1 or h % factor or w % factor:
             raise UsageError(f"{self.preset}: a {h}x{w} image does not fit this conv network (height and width must "
                              f"be divisible by {max(factor, 2)}); pick another --image-size")
+        if self.latent_channels:  # the latent's size follows from the grid, so it follows the image's size
+            gh, gw = self.conv_grid
+            object.__setattr__(self, "latent_dim", self.latent_channels * gh * gw)
 
     @property
     def conv_strides(self) -> tuple[int, ...]:
         """The conv layers' strides: as given, or derived from the image size: stride 2 in as many leading
         layers as halve the height and width exactly while the smaller side stays >= 4 (64x64 with 4
-        layers: 2, 2, 2, 2 down to 4x4; 28x28: 2, 2, 1, 1 down to 7x7)."""
+        layers: 2, 2, 2, 2 down to 4x4; 28x28: 2, 2, 1, 1 down to 7x7), or >= 8 for a latent on the grid
+        (32x32: 2, 2, 1, 1 down to 8x8; 64x64: 2, 2, 2, 1): a cell then describes a patch small enough
+        for its few channels to keep the edges and colours in it."""
         if self.strides:
             return self.strides
         _, h, w = self.image_shape
-        k = 0
-        while k < len(self.channels) and h % 2 ** (k + 1) == 0 and w % 2 ** (k + 1) == 0 and min(h, w) // 2 ** (k + 1) >= 4:
+        k, smallest = 0, 8 if self.latent_channels and min(h, w) >= 16 else 4
+        while (k < len(self.channels) and h % 2 ** (k + 1) == 0 and w % 2 ** (k + 1) == 0
+               and min(h, w) // 2 ** (k + 1) >= smallest):
             k += 1
         return (2,) * k + (1,) * (len(self.channels) - k)
 
@@ -109,11 +120,18 @@ PRESETS: dict[str, VAEConfig] = {
     # the convolutional VAE with a 2-D latent (Keras / Pyro tutorials), plotted as a manifold
     "conv": VAEConfig("conv", "conv", hidden=(32,), channels=(16, 32, 32), strides=(1, 2, 1), latent_dim=2,
                       likelihood="auto"),
-    # bigger colour images (64x64x3): four conv layers, stride 2 where the size allows, a 64-D latent;
-    # BatchNorm (folded at export) and SiLU: without them it learns brightness and keeps colour grey
-    "conv-large": VAEConfig("conv-large", "conv", hidden=(256,), channels=(16, 32, 64, 128), latent_dim=64,
+    # colour images (32x32, 64x64): four conv layers, stride 2 down to an 8x8 grid, BatchNorm (folded at
+    # export) and SiLU, and the latent on that grid, 8 channels per cell (8x8x8 = 512-D): through an fc
+    # bottleneck the same network stalls at a blurry, greyish 17 dB for thousands of steps (docs: colour);
+    # --latent-channels 0 gives that flat design back, with a 64-D latent
+    "conv-large": VAEConfig("conv-large", "conv", hidden=(256,), channels=(16, 32, 64, 128), latent_dim=64, latent_channels=8,
                             likelihood="auto", norm="batch", activation="silu"),
 }
+
+
+# training settings of a preset where they differ from the tutorials' constant Adam at 1e-3 (issue 18:
+# one-cycle to 3e-3 gave conv-large +0.5 dB on colour data in the same steps; docs/training.md)
+TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {"conv-large": {"lr": 3e-3, "lr_schedule": "onecycle"}}
 
 
 def make_config(preset: str, **overrides: Any) -> VAEConfig:

@@ -68,6 +68,11 @@ class Encoder(nn.Module):
             for n_in, n_out, stride in zip((c, *config.channels), config.channels, config.conv_strides):
                 layers += _conv_block(nn.Conv2d(n_in, n_out, 3, stride=stride, padding=1), n_out, config)  # H, W halve if stride 2
             gh, gw = config.conv_grid
+            if config.latent_channels:  # mu and logvar: a 1x1 conv per cell, flattened to (B, latent_dim)
+                self.body = nn.Sequential(*layers)                        # (B, c_last, gh, gw)
+                self.mu, self.logvar = (nn.Sequential(nn.Conv2d(config.channels[-1], config.latent_channels, 1), nn.Flatten())
+                                        for _ in range(2))
+                return
             self.body = nn.Sequential(
                 *layers,                                                  # (B, c_last, gh, gw)
                 nn.Flatten(),                                             # (B, c_last * gh * gw)
@@ -94,8 +99,12 @@ class Decoder(nn.Module):
         else:
             # one transposed conv undoes each stride-2 encoder layer, with that layer's width, in reverse
             gh, gw, width = *config.conv_grid, config.channels[-1]
-            layers: list[nn.Module] = [nn.Linear(config.latent_dim, width * gh * gw), ACTIVATIONS[config.activation](),
-                                       nn.Unflatten(1, (width, gh, gw))]                       # (B, c_last, gh, gw)
+            if config.latent_channels:   # the latent is already a grid: a 3x3 conv widens it
+                layers = [nn.Unflatten(1, (config.latent_channels, gh, gw)),
+                          *_conv_block(nn.Conv2d(config.latent_channels, width, 3, padding=1), width, config)]
+            else:
+                layers = [nn.Linear(config.latent_dim, width * gh * gw), ACTIVATIONS[config.activation](),
+                          nn.Unflatten(1, (width, gh, gw))]                                    # (B, c_last, gh, gw)
             downs = [n for n, s in zip(config.channels, config.conv_strides) if s == 2]
             for n_out in reversed(downs):
                 layers += _conv_block(nn.ConvTranspose2d(width, n_out, 3, stride=2, padding=1, output_padding=1), n_out, config)

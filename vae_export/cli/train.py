@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..config import PRESETS
+from ..config import PRESETS, TRAINING_DEFAULTS
 from ..errors import UsageError, VaeExportError
 from .common import Device, Quiet, command, err, needs_train_extra, out
 
@@ -31,8 +31,13 @@ class Likelihood(str, Enum):
 
 
 SEED_MAX = 2**63 - 2          # torch seeds are 64-bit; the noise generator takes seed + 1
-MIN_STEPS = 2000              # without --epochs: a small dataset trains until this many steps (colour needs them)
+MIN_STEPS = 3000              # without --epochs: a small dataset trains until this many steps (colour needs them)
 SIZE_MAX = 2**31 - 1          # torch indexes batches and slices with 32/64-bit integers
+
+
+class LrSchedule(str, Enum):
+    constant = "constant"
+    onecycle = "onecycle"
 
 
 class Binarize(str, Enum):
@@ -45,11 +50,18 @@ class Binarize(str, Enum):
 @needs_train_extra
 def train(
     preset: Annotated[Optional[Preset], typer.Option(help="Architecture preset.", show_default="mlp")] = None,
-    epochs: Annotated[Optional[int], typer.Option(min=1, max=SIZE_MAX, show_default="10, or more on a small dataset: as many as make 2000 steps",
+    epochs: Annotated[Optional[int], typer.Option(min=1, max=SIZE_MAX, show_default="10, or more on a small dataset: as many as make 3000 steps",
                                                   help="Total epochs to reach (also with --resume).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(min=1, max=SIZE_MAX, show_default="128")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Adam learning rate (> 0).", show_default="0.001")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Adam learning rate (> 0); onecycle: its peak.",
+                                                show_default="0.001; conv-large: 0.003")] = None,
+    lr_schedule: Annotated[Optional[LrSchedule], typer.Option(show_default="constant; conv-large: onecycle", help="onecycle: "
+                                                              "the rate rises to --lr over the first quarter of the steps, then "
+                                                              "anneals to almost 0 (the tutorial presets keep their constant rate).")] = None,
     latent_dim: Annotated[Optional[int], typer.Option(min=1, max=2**16, help="Override the preset's latent size.")] = None,
+    latent_channels: Annotated[Optional[int], typer.Option(min=0, max=2**12, help="conv presets: a latent on the last conv "
+                                                           "layer's grid with this many channels per cell (conv-large: 8; "
+                                                           "latent size = channels x cells); 0 = a flat latent of --latent-dim.")] = None,
     beta: Annotated[Optional[float], typer.Option(min=0.0, help="KL weight (1 = the ELBO).")] = None,
     likelihood: Annotated[Optional[Likelihood], typer.Option(help="Override the preset's likelihood. auto (every preset but "
                                                                  "mlp-deep): bernoulli for binary or MNIST-like images, calibrated "
@@ -89,7 +101,7 @@ def train(
     from ..files import check_output
     from ..progress import TrainProgress
 
-    saved = {"--preset": preset, "--batch-size": batch_size, "--lr": lr, "--latent-dim": latent_dim, "--beta": beta,
+    saved = {"--preset": preset, "--batch-size": batch_size, "--lr": lr, "--lr-schedule": lr_schedule, "--latent-dim": latent_dim, "--latent-channels": latent_channels, "--beta": beta,
              "--likelihood": likelihood, "--sigma": sigma, "--binarize": binarize, "--dataset": dataset, "--image-size": image_size, "--channels": channels,
              "--test-fraction": test_fraction, "--skip-bad-files": skip_bad_files or None, "--conv-widths": conv_widths,
              "--seed": seed, "--patience": patience, "--limit": limit, "--precision": precision}
@@ -100,14 +112,20 @@ def train(
     widths = _sizes(conv_widths, ",", "--conv-widths", "32,64,128")
     if widths and PRESETS[preset_name].arch != "conv":
         raise typer.BadParameter(f"--conv-widths applies to conv presets, not {preset_name}")
-    config = make_config(preset_name, latent_dim=latent_dim, beta=beta, sigma=sigma,
+    if latent_channels and PRESETS[preset_name].arch != "conv":
+        raise typer.BadParameter(f"--latent-channels applies to conv presets, not {preset_name}")
+    if latent_dim and (latent_channels or (latent_channels is None and PRESETS[preset_name].latent_channels)):
+        raise UsageError(f"{preset_name}'s latent lies on its conv grid: its size is --latent-channels x the grid's cells "
+                         f"(8x8 for 32x32 and 64x64 images); for a flat latent of {latent_dim}, add --latent-channels 0")
+    config = make_config(preset_name, latent_dim=latent_dim, latent_channels=latent_channels, beta=beta, sigma=sigma,
                          likelihood=likelihood.value if likelihood else None,
                          channels=widths, strides=() if widths else None)
-    given = {"batch_size": batch_size, "lr": lr, "seed": seed, "dataset": dataset, "test_fraction": test_fraction,
+    given = {"batch_size": batch_size, "lr": lr, "seed": seed,
+             "lr_schedule": lr_schedule.value if lr_schedule else None, "dataset": dataset, "test_fraction": test_fraction,
              "image_size": _sizes(image_size, "x", "--image-size", "64x64", 2), "image_channels": channels,
              "binarize": binarize.value if binarize else None, "precision": (precision or TrainPrecision.auto).value}
     settings = TrainSettings(epochs=epochs or 10, min_steps=0 if epochs or resume else MIN_STEPS, patience=patience, limit=limit, skip_bad_files=skip_bad_files,
-                             **{k: v for k, v in given.items() if v is not None})
+                             **{**TRAINING_DEFAULTS.get(preset_name, {}), **{k: v for k, v in given.items() if v is not None}})
     out_dir = check_output(out_dir or Path("runs") / preset_name, folder=True)
     if nproc > 1:  # the options are valid: now run this very command in nproc processes
         if "LOCAL_RANK" in os.environ:
