@@ -123,11 +123,13 @@ PRESETS: dict[str, VAEConfig] = {
     # colour images (32x32, 64x64): four conv layers, stride 2 down to an 8x8 grid, BatchNorm (folded at
     # export) and SiLU, and the latent on that grid, 8 channels per cell (8x8x8 = 512-D): through an fc
     # bottleneck the same network stalls at a blurry, greyish 17 dB for thousands of steps (docs: colour);
-    # --latent-channels 0 gives that flat design back, with a 64-D latent
-    "conv-large": VAEConfig("conv-large", "conv", hidden=(256,), channels=(16, 32, 64, 128), latent_dim=64, latent_channels=8,
+    # --latent-channels 0 gives that flat design back, with a 64-D latent (FLAT_LATENT_DIM)
+    "conv-large": VAEConfig("conv-large", "conv", hidden=(256,), channels=(16, 32, 64, 128), latent_channels=8,
                             likelihood="auto", norm="batch", activation="silu"),
 }
 
+
+FLAT_LATENT_DIM = 64   # a grid preset's latent with --latent-channels 0 (conv-large's before issue 18)
 
 # training settings of a preset where they differ from the tutorials' constant Adam at 1e-3 (issue 18:
 # one-cycle to 3e-3 gave conv-large +0.5 dB on colour data in the same steps; docs/training.md)
@@ -139,4 +141,6 @@ def make_config(preset: str, **overrides: Any) -> VAEConfig:
     if preset not in PRESETS:
         raise UsageError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
     changes = {k: v for k, v in overrides.items() if v is not None}
+    if changes.get("latent_channels") == 0 and PRESETS[preset].latent_channels:   # back to the flat design
+        changes.setdefault("latent_dim", FLAT_LATENT_DIM)
     return dataclasses.replace(PRESETS[preset], **changes)
