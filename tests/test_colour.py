@@ -117,3 +117,15 @@ def test_the_cli_refuses_a_latent_dim_that_a_grid_latent_would_ignore(tmp_path):
     assert not (tmp_path / "run").exists()
     result = CliRunner().invoke(app, ["train", "--preset", "mlp", "--latent-channels", "4", "--out", str(tmp_path / "run")])
     assert result.exit_code == 2 and "--latent-channels applies to conv presets" in result.output, result.output
+
+
+def test_the_cli_trains_conv_large_with_one_cycle_and_the_tutorial_presets_at_a_constant_rate(tmp_path):
+    np.savez(tmp_path / "squares.npz", images=squares(40))
+    for preset, lr, schedule in (("conv-large", 3e-3, "onecycle"), ("mlp-small", 1e-3, "constant")):
+        result = CliRunner().invoke(app, ["train", "--preset", preset, "--dataset", f"npz:{tmp_path / 'squares.npz'}",
+                                          "--epochs", "2", "--batch-size", "8", "--quiet", "--out", str(tmp_path / preset)])
+        assert result.exit_code == 0, result.output
+        state = load_checkpoint(tmp_path / preset / "checkpoint.pt")
+        assert (state["settings"]["lr"], state["settings"]["lr_schedule"]) == (lr, schedule)
+        first, last = (m["lr"] for m in (state["metrics"][0], state["metrics"][-1]))
+        assert (last < 1e-6 < first) if schedule == "onecycle" else (first == last == lr)
